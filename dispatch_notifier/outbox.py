@@ -1,0 +1,273 @@
+"""The outbox: webhook events become notification rows; workers claim, send and record them.
+
+Every state change is one short transaction; none is held open across a call to the SMS API.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from dispatch_notifier.db import insert_ignoring_conflicts
+from dispatch_notifier.models import (
+    CLAIMABLE_STATUSES,
+    SENDING,
+    UNKNOWN,
+    Attempt,
+    Delivery,
+    Notification,
+    Source,
+    utcnow,
+)
+from dispatch_notifier.platforms import Parsed
+
+NOTIFY_CHANNEL = "dispatch_notifier_outbox"
+
+
+@dataclass
+class IngestResult:
+    """What a webhook delivery came to, for the HTTP answer."""
+
+    status: str  # accepted | duplicate | ignored | ping
+    delivery_id: int | None = None
+    created: list[int] = field(default_factory=list)  # new notification ids
+    existing: int = 0  # dispatches that already had a notification
+    reason: str | None = None
+
+
+def ingest(
+    session: Session,
+    source: Source,
+    delivery_key: str | None,
+    parsed: Parsed,
+    body: bytes,
+) -> IngestResult:
+    """Record a verified delivery and its dispatches in one transaction, then commit.
+
+    Unique keys decide duplicates: (source, delivery id) and (source, order, shipment, kind).
+    """
+    now = utcnow()
+    result_kind = "ping" if parsed.ping else "ignored" if parsed.ignored else "accepted"
+    delivery_pk = insert_ignoring_conflicts(
+        session,
+        Delivery.__table__,
+        {
+            "source_id": source.id,
+            "delivery_id": delivery_key,
+            "topic": parsed.topic,
+            "result": result_kind,
+            "detail": parsed.ignored,
+            "payload": body.decode("utf-8", "replace"),
+            "received_at": now,
+            "duplicates": 0,
+        },
+    )
+    if delivery_pk is None:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.source_id == source.id, Delivery.delivery_id == delivery_key)
+            .values(duplicates=Delivery.duplicates + 1, last_duplicate_at=now)
+        )
+        _touch_source(session, source, now, "duplicate")
+        session.commit()
+        return IngestResult("duplicate", reason="this delivery was already received")
+
+    result = IngestResult(result_kind, delivery_pk, reason=parsed.ignored)
+    for event in parsed.events:
+        notification_pk = insert_ignoring_conflicts(
+            session,
+            Notification.__table__,
+            {
+                "source_id": source.id,
+                "delivery_id": delivery_pk,
+                "order_id": event.order_id,
+                "shipment_id": event.shipment_id,
+                "kind": event.kind,
+                "order_number": event.order_number,
+                "event": event.to_json(),
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        if notification_pk is None:
+            result.existing += 1
+        else:
+            result.created.append(notification_pk)
+    if parsed.events and not result.created:
+        result.status = "duplicate"
+        result.reason = "this shipment was already notified"
+        session.execute(
+            update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
+        )
+    _touch_source(session, source, now, result.status)
+    if result.created and session.get_bind().dialect.name == "postgresql":
+        # NOTIFY is transactional: workers wake only once the rows are visible.
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    session.commit()
+    return result
+
+
+def _touch_source(session: Session, source: Source, now: datetime, result: str) -> None:
+    session.execute(
+        update(Source)
+        .where(Source.id == source.id)
+        .values(last_event_at=now, last_event_result=result)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def claim(session: Session, owner: str, limit: int, lease: timedelta) -> list[int]:
+    """Lease up to `limit` due notifications to `owner`; commit and return their ids.
+
+    One statement serves both databases: PostgreSQL skips rows other workers hold
+    (FOR UPDATE SKIP LOCKED); SQLite drops that clause and relies on BEGIN IMMEDIATE.
+    """
+    now = utcnow()
+    due = (
+        select(Notification.id)
+        .where(
+            Notification.status.in_(CLAIMABLE_STATUSES),
+            Notification.next_attempt_at <= now,
+            or_(Notification.lease_expires_at.is_(None), Notification.lease_expires_at < now),
+        )
+        .order_by(Notification.next_attempt_at, Notification.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = list(
+        session.scalars(
+            update(Notification)
+            .where(Notification.id.in_(due.scalar_subquery()))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+            .returning(Notification.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    session.commit()
+    return sorted(ids)
+
+
+def renew_leases(session: Session, owner: str, ids: list[int], lease: timedelta) -> int:
+    """Extend the leases `owner` still holds on `ids`; return how many were extended."""
+    if not ids:
+        return 0
+    result = session.execute(
+        update(Notification)
+        .where(Notification.id.in_(ids), Notification.lease_owner == owner)
+        .values(lease_expires_at=utcnow() + lease)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount or 0
+
+
+def mark_sending(
+    session: Session, notification_id: int, owner: str, values: dict[str, object]
+) -> bool:
+    """Commit the intent to send (status `sending`, the text, the number) before the HTTP call.
+
+    Fails (returns False) if the lease was lost: another worker may own the row now.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.lease_owner == owner,
+            Notification.status.in_(CLAIMABLE_STATUSES),
+        )
+        .values(status=SENDING, attempts=Notification.attempts + 1, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def finish(
+    session: Session,
+    notification_id: int,
+    owner: str | None,
+    values: dict[str, object],
+    attempt: dict[str, object] | None = None,
+) -> bool:
+    """Record an outcome (and the attempt that led to it) and release the lease."""
+    conditions = [Notification.id == notification_id]
+    if owner is not None:
+        conditions.append(Notification.lease_owner == owner)
+    result = session.execute(
+        update(Notification)
+        .where(and_(*conditions))
+        .values(lease_owner=None, lease_expires_at=None, updated_at=utcnow(), **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1 and attempt is not None:
+        session.add(Attempt(notification_id=notification_id, **attempt))
+    session.commit()
+    return result.rowcount == 1
+
+
+def release(session: Session, notification_id: int, owner: str) -> None:
+    """Give a claimed row back untouched (e.g. on shutdown before it was sent)."""
+    session.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.lease_owner == owner,
+            Notification.status.in_(CLAIMABLE_STATUSES),
+        )
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+
+
+def sweep_abandoned(session: Session) -> list[int]:
+    """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
+
+    They are never sent again automatically: the SMS may have gone out.
+    """
+    now = utcnow()
+    ids = list(
+        session.scalars(
+            update(Notification)
+            .where(Notification.status == SENDING, Notification.lease_expires_at < now)
+            .values(
+                status=UNKNOWN,
+                error="the worker stopped while sending; the SMS may have been sent",
+                error_code="worker_lost",
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(Notification.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    for notification_id in ids:
+        session.add(
+            Attempt(
+                notification_id=notification_id,
+                started_at=now,
+                outcome=UNKNOWN,
+                error_class="worker_lost",
+                detail="lease expired while sending",
+            )
+        )
+    session.commit()
+    return ids
+
+
+def next_due(session: Session) -> datetime | None:
+    """When the earliest waiting notification becomes due (for the worker's sleep)."""
+    return session.scalar(
+        select(Notification.next_attempt_at)
+        .where(Notification.status.in_(CLAIMABLE_STATUSES))
+        .order_by(Notification.next_attempt_at)
+        .limit(1)
+    )

@@ -1,0 +1,254 @@
+"""Sending one claimed notification: enrich, choose the number, render, send, record.
+
+The steps are separate functions so each rule is testable; `send_one` strings them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import select
+
+from dispatch_notifier import message_templates, phones, platforms, rendering
+from dispatch_notifier.db import Database
+from dispatch_notifier.events import DispatchEvent, template_context
+from dispatch_notifier.models import (
+    CLAIMABLE_STATUSES,
+    FAILED,
+    RETRYING,
+    SENT,
+    SKIPPED,
+    UNKNOWN,
+    Notification,
+    Source,
+    Suppression,
+    utcnow,
+)
+from dispatch_notifier.outbox import finish, mark_sending
+from dispatch_notifier.retry import RetryPolicy
+from dispatch_notifier.sms import SendOutcome, SmsBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A notification ready to send, or the terminal outcome that makes sending pointless."""
+
+    e164: str | None = None
+    message: str | None = None
+    template_version_id: int | None = None
+    locale: str | None = None
+    event: DispatchEvent | None = None
+    outcome: str | None = None  # skipped | failed | retrying, when there is nothing to send
+    reason: str | None = None
+    error_code: str | None = None
+
+
+class Sender:
+    """Sends claimed notifications for one worker; safe to call from several threads."""
+
+    def __init__(self, app: Flask, db: Database, backend: SmsBackend, owner: str) -> None:
+        self.app = app
+        self.db = db
+        self.backend = backend
+        self.owner = owner
+        self.policy = RetryPolicy.from_config(app.config)
+        self.default_country = app.config["DEFAULT_COUNTRY"]
+        self.default_locale = app.config["DEFAULT_LOCALE"]
+
+    def send_one(self, notification_id: int) -> str | None:
+        """Take one claimed row to its next state; returns that state (None if not ours)."""
+        with self.db.session() as session:
+            row = session.get(Notification, notification_id)
+            if row is None or row.lease_owner != self.owner or row.status not in CLAIMABLE_STATUSES:
+                return None
+            # A deliberate resend is not held to the age bound of the original event.
+            if row.requested_by is None and self.policy.expired(row.created_at, utcnow()):
+                return self._finish(
+                    session, row.id, FAILED, "expired: too old to be worth sending", "expired"
+                )
+            prepared = self.prepare(session, row)
+            if prepared.outcome is not None:
+                return self._finish_prepared(session, row, prepared)
+            fields = {
+                "phone": prepared.e164,
+                "phone_tail": prepared.e164[-4:] if prepared.e164 else None,
+                "message": prepared.message,
+                "template_version_id": prepared.template_version_id,
+                "locale": prepared.locale,
+                "backend": self.backend.name,
+                "error": None,
+                "error_code": None,
+            }
+            if prepared.event is not None and prepared.event.to_json() != row.event_json:
+                fields["event_json"] = prepared.event.to_json()
+            if not mark_sending(session, row.id, self.owner, fields):
+                return None
+            attempts = row.attempts + 1
+            created_at = row.created_at if row.requested_by is None else row.updated_at
+
+        started_at, started = utcnow(), time.monotonic()
+        try:
+            outcome = self.backend.send(prepared.e164 or "", prepared.message or "")
+        except Exception as exc:  # a bug in a backend must not leave the row in `sending`
+            log.exception("SMS backend raised for notification %s", notification_id)
+            outcome = SendOutcome(
+                UNKNOWN, f"the SMS backend failed: {type(exc).__name__}", type(exc).__name__
+            )
+        duration_ms = int((time.monotonic() - started) * 1000)
+        return self._record(notification_id, outcome, attempts, created_at, started_at, duration_ms)
+
+    def prepare(self, session, row: Notification) -> Prepared:  # type: ignore[no-untyped-def]
+        """Everything short of sending: enrichment, number, suppression, template, text."""
+        source: Source = row.source
+        event = DispatchEvent.from_json(row.event_json)
+        if event.needs_enrichment:
+            try:
+                event = platforms.get(source.platform).enrich(event, source)
+            except platforms.EnrichmentError as exc:
+                return Prepared(
+                    outcome=RETRYING if exc.retryable else FAILED,
+                    reason=str(exc),
+                    error_code="enrichment",
+                )
+        region = event.country or source.default_country or self.default_country
+        choice = phones.choose(event.phones, region)
+        if choice.e164 is None:
+            return Prepared(
+                outcome=SKIPPED, reason=choice.reason, error_code="no_phone", event=event
+            )
+        if session.scalar(select(Suppression.id).where(Suppression.phone == choice.e164)):
+            return Prepared(
+                outcome=SKIPPED,
+                reason="suppressed",
+                error_code="suppressed",
+                e164=choice.e164,
+                event=event,
+            )
+        fallback = source.default_locale or self.default_locale
+        locale = event.locale or fallback
+        template = message_templates.find(session, row.kind, locale, fallback)
+        if template is None or template.current_version is None:
+            return Prepared(
+                outcome=FAILED,
+                reason=f"no template for '{row.kind}'",
+                error_code="template_missing",
+                e164=choice.e164,
+                event=event,
+            )
+        if not template.enabled:
+            return Prepared(
+                outcome=SKIPPED,
+                reason="template disabled",
+                error_code="template_disabled",
+                e164=choice.e164,
+                event=event,
+            )
+        context = template_context(event, shop_name=source.shop_name, locale=template.locale)
+        try:
+            message = rendering.render(template.current_version.body, context)
+        except rendering.RenderError as exc:
+            return Prepared(
+                outcome=FAILED,
+                reason=str(exc),
+                error_code="template_error",
+                e164=choice.e164,
+                template_version_id=template.current_version_id,
+                event=event,
+            )
+        return Prepared(choice.e164, message, template.current_version_id, template.locale, event)
+
+    def _finish_prepared(self, session, row: Notification, prepared: Prepared) -> str:  # type: ignore[no-untyped-def]
+        values: dict[str, object] = {
+            "phone": prepared.e164,
+            "phone_tail": prepared.e164[-4:] if prepared.e164 else None,
+            "template_version_id": prepared.template_version_id,
+        }
+        if prepared.event is not None:
+            values["event_json"] = prepared.event.to_json()
+        status = prepared.outcome or FAILED
+        if status == RETRYING:
+            when = self.policy.next_attempt(
+                attempts=row.attempts + 1, created_at=row.created_at, now=utcnow()
+            )
+            values["attempts"] = row.attempts + 1
+            if when is None:
+                status = FAILED
+                prepared = Prepared(
+                    reason=f"gave up: {prepared.reason}", error_code=prepared.error_code
+                )
+            else:
+                values["next_attempt_at"] = when
+        return self._finish(session, row.id, status, prepared.reason, prepared.error_code, values)
+
+    def _finish(
+        self,
+        session,
+        notification_id: int,
+        status: str,
+        reason: str | None,  # type: ignore[no-untyped-def]
+        code: str | None,
+        values: dict[str, object] | None = None,
+    ) -> str:
+        finish(
+            session,
+            notification_id,
+            self.owner,
+            {"status": status, "error": reason, "error_code": code, **(values or {})},
+        )
+        log.info("notification %s: %s (%s)", notification_id, status, reason)
+        return status
+
+    def _record(
+        self,
+        notification_id: int,
+        outcome: SendOutcome,
+        attempts: int,
+        created_at,
+        started_at,
+        duration_ms: int,
+    ) -> str:  # type: ignore[no-untyped-def]
+        now = utcnow()
+        status, reason = outcome.status, outcome.reason
+        values: dict[str, object] = {}
+        if status == SENT:
+            values["sent_at"] = now
+            reason = outcome.reason if self.backend.name == "console" else None
+        elif status == RETRYING:
+            when = self.policy.next_attempt(
+                attempts=attempts, created_at=created_at, now=now, not_before=outcome.retry_at
+            )
+            if when is None:
+                status = FAILED
+                reason = f"gave up after {attempts} attempts: {outcome.reason}"
+            else:
+                values["next_attempt_at"] = when
+        attempt = {
+            "started_at": started_at,
+            "duration_ms": duration_ms,
+            "backend": self.backend.name,
+            "outcome": outcome.status,
+            "http_status": outcome.http_status,
+            "provider_error": outcome.error_code,
+            "error_class": outcome.error_code,
+            "detail": outcome.detail,
+        }
+        values.update(
+            status=status, error=reason, error_code=None if status == SENT else outcome.error_code
+        )
+        with self.db.session() as session:
+            # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
+            recorded = finish(session, notification_id, self.owner, values, attempt)
+        if not recorded:
+            log.warning("notification %s: lease lost before recording %s", notification_id, status)
+        log.info("notification %s: %s%s", notification_id, status, f" ({reason})" if reason else "")
+        return status
+
+
+def lease_for(app: Flask) -> timedelta:
+    return timedelta(seconds=float(app.config["LEASE_SECONDS"]))

@@ -1,0 +1,90 @@
+"""The outbox: claims never overlap, leases expire, abandoned sends become `unknown`."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from dispatch_notifier import outbox
+from dispatch_notifier.db import get_db
+from dispatch_notifier.models import Notification, utcnow
+from dispatch_notifier.worker import Worker
+from tests.conftest import fulfillment, post_shopify
+
+
+def queue(app, n: int) -> None:  # type: ignore[no-untyped-def]
+    client = app.test_client()
+    for i in range(n):
+        assert post_shopify(client, fulfillment(1000 + i, 2000 + i)).status_code == 200
+
+
+def test_concurrent_claims_never_hand_out_a_row_twice(app):
+    queue(app, 40)
+    db = get_db(app)
+    claimed: dict[str, list[int]] = {}
+    barrier = threading.Barrier(4)
+
+    def claim(name: str) -> None:
+        barrier.wait()
+        ids: list[int] = []
+        while True:
+            with db.session() as session:
+                got = outbox.claim(session, name, 3, timedelta(seconds=60))
+            if not got:
+                break
+            ids.extend(got)
+        claimed[name] = ids
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = [i for ids in claimed.values() for i in ids]
+    assert len(everything) == 40
+    assert len(set(everything)) == 40
+
+
+def test_a_claimed_row_is_not_claimed_again_until_its_lease_expires(app):
+    queue(app, 1)
+    db = get_db(app)
+    with db.session() as session:
+        assert outbox.claim(session, "a", 10, timedelta(seconds=60)) != []
+    with db.session() as session:
+        assert outbox.claim(session, "b", 10, timedelta(seconds=60)) == []
+        session.execute(update(Notification).values(lease_expires_at=utcnow() - timedelta(1)))
+        session.commit()
+    with db.session() as session:
+        assert outbox.claim(session, "b", 10, timedelta(seconds=60)) != []
+
+
+def test_a_row_left_sending_past_its_lease_becomes_unknown_and_is_not_resent(app, capsys):
+    queue(app, 1)
+    db = get_db(app)
+    with db.session() as session:
+        session.execute(
+            update(Notification).values(
+                status="sending",
+                lease_owner="dead-worker",
+                lease_expires_at=utcnow() - timedelta(seconds=1),
+            )
+        )
+        session.commit()
+    Worker(app).run_until_idle()
+    with db.session() as session:
+        row = session.scalars(select(Notification)).one()
+        assert row.status == "unknown"
+        assert row.error_code == "worker_lost"
+    assert "--- SMS" not in capsys.readouterr().out
+
+
+def test_mark_sending_refuses_a_row_whose_lease_was_taken_over(app):
+    queue(app, 1)
+    db = get_db(app)
+    with db.session() as session:
+        [nid] = outbox.claim(session, "a", 1, timedelta(seconds=60))
+        session.execute(update(Notification).values(lease_owner="b"))
+        session.commit()
+        assert outbox.mark_sending(session, nid, "a", {}) is False

@@ -1,0 +1,240 @@
+"""Shopify receiver: signatures, topics, body limits and idempotency, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from dispatch_notifier.db import get_db
+from dispatch_notifier.models import Delivery, Notification
+from dispatch_notifier.platforms.shopify import parse_fulfilled_order, parse_fulfillment
+from tests.conftest import SHARED, fulfilled_order, fulfillment, post_shopify, shopify_headers
+
+
+def count(app, model) -> int:  # type: ignore[no-untyped-def]
+    with get_db(app).session() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+# --- signatures and malformed input --------------------------------------------------------
+
+
+def test_missing_signature_is_401_with_a_json_error(client):
+    response = client.post(
+        "/webhooks/shopify", json=fulfillment(), headers={"X-Shopify-Topic": "fulfillments/create"}
+    )
+    assert response.status_code == 401
+    assert response.json["error"] == "invalid_signature"
+
+
+def test_wrong_signature_is_401_and_stores_nothing(app, client):
+    body = json.dumps(fulfillment()).encode()
+    headers = shopify_headers(body, secret="not-the-secret")
+    response = client.post("/webhooks/shopify", data=body, headers=headers)
+    assert response.status_code == 401
+    assert count(app, Delivery) == 0
+
+
+def test_signature_over_a_different_body_is_rejected(client):
+    body = json.dumps(fulfillment()).encode()
+    headers = shopify_headers(body)
+    tampered = body.replace(b"Royal Mail", b"Evil Mail!")
+    assert client.post("/webhooks/shopify", data=tampered, headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"', b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_is_400(client, body):
+    response = post_shopify(client, body)
+    assert response.status_code == 400
+    assert response.json["error"] == "malformed_payload"
+
+
+def test_a_fulfillment_without_ids_is_400(client):
+    response = post_shopify(client, {"tracking_number": "X"})
+    assert response.status_code == 400
+
+
+def test_a_body_over_the_limit_is_413(app_factory):
+    app = app_factory(MAX_BODY_BYTES=2048)
+    body = json.dumps(fulfillment(note="x" * 4000)).encode()
+    response = app.test_client().post("/webhooks/shopify", data=body, headers=shopify_headers(body))
+    assert response.status_code == 413
+    assert response.json["error"] == "payload_too_large"
+
+
+def test_an_unknown_source_is_404(client):
+    response = post_shopify(client, fulfillment(), source="no-such-shop")
+    assert response.status_code == 404
+    assert response.json["error"] == "unknown_source"
+
+
+# --- topics --------------------------------------------------------------------------------
+
+
+def test_fulfillment_create_is_accepted_and_queued(app, client):
+    response = post_shopify(client, fulfillment())
+    assert response.status_code == 200
+    assert response.json["status"] == "accepted"
+    with get_db(app).session() as session:
+        row = session.scalars(select(Notification)).one()
+        assert (row.order_id, row.shipment_id, row.order_number) == ("5501", "4401", "1001")
+        assert row.status == "pending"
+
+
+def test_other_topics_are_acknowledged_and_recorded_as_ignored(app, client):
+    response = post_shopify(client, {"id": 1, "order_id": 2}, topic="orders/create")
+    assert response.status_code == 200
+    assert response.json["status"] == "ignored"
+    assert count(app, Notification) == 0
+    with get_db(app).session() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        assert (delivery.topic, delivery.result) == ("orders/create", "ignored")
+
+
+def test_orders_fulfilled_queues_one_notification_per_fulfillment(app, client):
+    response = post_shopify(
+        client, fulfilled_order(fulfillment_ids=(1, 2)), topic="orders/fulfilled"
+    )
+    assert response.status_code == 200
+    assert count(app, Notification) == 2
+
+
+def test_the_three_topics_for_one_fulfillment_make_one_notification(app, client):
+    post_shopify(client, fulfillment(4401, 5501), topic="fulfillments/create")
+    post_shopify(
+        client, fulfillment(4401, 5501, tracking_number="NEW"), topic="fulfillments/update"
+    )
+    response = post_shopify(client, fulfilled_order(5501, (4401,)), topic="orders/fulfilled")
+    assert response.json["status"] == "duplicate"
+    assert count(app, Notification) == 1
+    assert count(app, Delivery) == 3
+
+
+# --- idempotency ---------------------------------------------------------------------------
+
+
+def test_a_repeated_webhook_id_is_a_duplicate_delivery(app, client):
+    first = post_shopify(client, fulfillment(), webhook_id="abc-1")
+    second = post_shopify(client, fulfillment(), webhook_id="abc-1")
+    assert first.status_code == second.status_code == 200
+    assert second.json["status"] == "duplicate"
+    with get_db(app).session() as session:
+        delivery = session.scalars(select(Delivery)).one()
+        assert delivery.duplicates == 1
+        assert delivery.last_duplicate_at is not None
+
+
+def test_duplicate_delivery_sends_one_sms(app, client, capsys):
+    from dispatch_notifier.worker import Worker
+
+    for _ in range(3):
+        post_shopify(client, fulfillment(), webhook_id="same")
+    post_shopify(client, fulfillment())  # same shipment, new delivery id
+    Worker(app).run_until_idle()
+    assert capsys.readouterr().out.count("--- SMS") == 1
+
+
+@pytest.mark.parametrize("same_delivery_id", [True, False])
+def test_concurrent_identical_deliveries_make_one_notification(app, same_delivery_id):
+    body = json.dumps(fulfillment(9001, 9002)).encode()
+
+    def deliver(i: int) -> int:
+        webhook_id = "race" if same_delivery_id else f"race-{i}"
+        response = app.test_client().post(
+            "/webhooks/shopify", data=body, headers=shopify_headers(body, webhook_id=webhook_id)
+        )
+        return response.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(deliver, range(24)))
+    assert statuses == [200] * 24
+    assert count(app, Notification) == 1
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def test_fulfillment_parsing_takes_destination_phone_and_tracking():
+    event = parse_fulfillment(fulfillment(), order=None, shop_domain="x.myshopify.com")
+    assert event.phones == ("+447911123456",)
+    assert event.carrier == "Royal Mail"
+    assert event.tracking_url == "https://track.example.com/RM123456785GB"
+    assert event.order_number == "1001"
+    assert event.country == "GB"
+
+
+def test_order_phone_preference_is_shipping_then_order_then_customer_then_billing():
+    order = fulfilled_order()
+    order["phone"] = "+447911000001"
+    order["customer"]["phone"] = "+447911000002"
+    [event] = parse_fulfilled_order(order, shop_domain=None)
+    assert event.phones == ("+447911123456", "+447911000001", "+447911000002", "+447911000000")
+
+
+def test_cancelled_fulfillments_in_an_order_are_not_dispatches():
+    order = fulfilled_order(fulfillment_ids=(1, 2))
+    order["fulfillments"][0]["status"] = "cancelled"
+    assert [e.shipment_id for e in parse_fulfilled_order(order, None)] == ["2"]
+
+
+# --- the public samples (when ../shared is present) ----------------------------------------
+
+SAMPLES = SHARED / "samples" / "shopify"
+
+
+def _sample(name: str) -> dict:
+    path = SAMPLES / name
+    if not path.exists():
+        pytest.skip(f"public sample {path} not present (it lives outside the repository)")
+    data = json.loads(path.read_text())
+    # REST fixtures come in an envelope ({"fulfillment": {...}}); webhooks send the inner object.
+    return data.get("fulfillment") or data.get("order") or data
+
+
+def test_published_fulfillments_create_sample_is_skipped_for_its_fake_phone(app, client):
+    from dispatch_notifier.worker import Worker
+
+    response = post_shopify(client, _sample("fulfillments-create.webhook-sample.json"))
+    assert response.status_code == 200 and response.json["status"] == "accepted"
+    Worker(app).run_until_idle()
+    with get_db(app).session() as session:
+        row = session.scalars(select(Notification)).one()
+        # "555-555-SHIP" is not a usable number: skipped, with the reason.
+        assert row.status == "skipped"
+        assert row.error in ("invalid phone number", "not a mobile number")
+
+
+def test_rest_fulfillment_fixture_is_accepted(client):
+    response = post_shopify(client, _sample("fulfillment.rest-fixture.json"))
+    assert response.status_code == 200
+    assert response.json["status"] == "accepted"
+
+
+def test_rest_order_fixture_as_orders_fulfilled(app, client):
+    order = _sample("order.rest-fixture.json")
+    # The fixture's only fulfillment has status "failure": nothing was shipped.
+    response = post_shopify(client, order, topic="orders/fulfilled")
+    assert response.json["status"] == "ignored"
+    for f in order["fulfillments"]:
+        f["status"] = "success"
+    response = post_shopify(client, order, topic="orders/fulfilled")
+    assert response.json["status"] == "accepted"
+    assert count(app, Notification) == len(order["fulfillments"])
+    with get_db(app).session() as session:
+        row = session.scalars(select(Notification)).first()
+        assert row.event["order_number"] == str(order["order_number"])
+
+
+def test_fulfillment_event_fixture_is_ignored(client):
+    response = post_shopify(
+        client, _sample("fulfillment_event.rest-fixture.json"), topic="fulfillment_events/create"
+    )
+    assert response.json["status"] == "ignored"
+
+
+def test_samples_folder_location_is_outside_the_repository():
+    assert not Path(SHARED).resolve().is_relative_to(Path(__file__).resolve().parent.parent)
