@@ -181,7 +181,7 @@ class Notification(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     sent_at: Mapped[datetime | None]
 
-    source: Mapped[Source] = relationship(lazy="joined")
+    source: Mapped[Source] = relationship(lazy="joined", innerjoin=True)
     attempt_rows: Mapped[list[Attempt]] = relationship(
         back_populates="notification", order_by="Attempt.id", cascade="all, delete-orphan"
     )

@@ -125,10 +125,27 @@ def verify_hmac_base64(body: bytes, signature: str | None, secrets: list[str], h
 
 def text(value: Any) -> str | None:
     """A stripped string, or None for missing/blank values."""
-    if value is None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
         return None
     result = str(value).strip()
     return result or None
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    """`value` if it is an object, else an empty one: optional parts of payloads vary."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def first_text(value: Any) -> str | None:
+    """The first non-blank string of a list (e.g. `tracking_numbers`)."""
+    for item in as_list(value):
+        if result := text(item):
+            return result
+    return None
 
 
 _REGISTRY: dict[str, Platform] = {}

@@ -13,6 +13,9 @@ from dispatch_notifier.platforms import (
     MalformedPayload,
     Parsed,
     Platform,
+    as_dict,
+    as_list,
+    first_text,
     load_json_object,
     register,
     text,
@@ -60,15 +63,15 @@ def parse_fulfillment(
 ) -> DispatchEvent:
     """A Shopify Fulfillment resource (optionally inside its order) as a DispatchEvent."""
     fulfillment_id = text(data.get("id"))
-    order_id = text(data.get("order_id")) or text((order or {}).get("id"))
+    order = order or {}
+    order_id = text(data.get("order_id")) or text(order.get("id"))
     if not fulfillment_id or not order_id:
         raise MalformedPayload("a fulfillment needs 'id' and 'order_id'")
-    order = order or {}
     destination = data.get("destination") or order.get("shipping_address") or {}
     if not isinstance(destination, dict):
         raise MalformedPayload("'destination' must be an object")
-    customer = order.get("customer") or {}
-    billing = order.get("billing_address") or {}
+    customer = as_dict(order.get("customer"))
+    billing = as_dict(order.get("billing_address"))
     first = text(destination.get("first_name")) or text(customer.get("first_name"))
     last = text(destination.get("last_name")) or text(customer.get("last_name"))
     name = text(destination.get("name")) or " ".join(p for p in (first, last) if p) or None
@@ -82,8 +85,6 @@ def parse_fulfillment(
         )
         if p
     )
-    tracking_numbers = data.get("tracking_numbers") or []
-    tracking_urls = data.get("tracking_urls") or []
     return DispatchEvent(
         order_id=order_id,
         shipment_id=fulfillment_id,
@@ -96,14 +97,9 @@ def parse_fulfillment(
         locale=text(order.get("customer_locale")),
         carrier=text(data.get("tracking_company")),
         tracking_number=text(data.get("tracking_number"))
-        or (text(tracking_numbers[0]) if tracking_numbers else None),
-        tracking_url=text(data.get("tracking_url"))
-        or (text(tracking_urls[0]) if tracking_urls else None),
-        items=tuple(
-            Item(str(li.get("title") or li.get("name") or "item"), int(li.get("quantity") or 1))
-            for li in data.get("line_items") or []
-            if isinstance(li, dict)
-        ),
+        or first_text(data.get("tracking_numbers")),
+        tracking_url=text(data.get("tracking_url")) or first_text(data.get("tracking_urls")),
+        items=tuple(_item(li) for li in as_list(data.get("line_items")) if isinstance(li, dict)),
         shop_name=None,
         extra={"shop_domain": shop_domain} if shop_domain else {},
     )
@@ -117,10 +113,16 @@ def parse_fulfilled_order(data: dict[str, Any], shop_domain: str | None) -> list
     if not isinstance(fulfillments, list):
         raise MalformedPayload("'fulfillments' must be a list")
     return [
-        parse_fulfillment({"order_id": data["id"], **f}, order=data, shop_domain=shop_domain)
+        parse_fulfillment({**f, "order_id": data["id"]}, order=data, shop_domain=shop_domain)
         for f in fulfillments
         if isinstance(f, dict) and f.get("status") not in ("cancelled", "error", "failure")
     ]
+
+
+def _item(line_item: dict[str, Any]) -> Item:
+    name = text(line_item.get("title")) or text(line_item.get("name")) or "item"
+    quantity = line_item.get("quantity")
+    return Item(name, quantity if isinstance(quantity, int) and quantity > 0 else 1)
 
 
 def _order_number(fulfillment: dict[str, Any], order: dict[str, Any]) -> str:

@@ -1,0 +1,128 @@
+"""`dispatch-notifier serve` as a user runs it: gunicorn, the embedded worker, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from dispatch_notifier.samples import signed_shopify_fulfillment
+
+SECRET = "serve-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dispatch_notifier", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    environment.update(
+        DISPATCH_DATABASE_URL=database_url,
+        DISPATCH_INSTANCE_PATH=str(tmp_path / "instance"),
+        DISPATCH_SHOPIFY_SECRET=SECRET,
+        DISPATCH_POLL_INTERVAL="0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    result = cli(environment, "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    return environment
+
+
+def start(env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dispatch_notifier", "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"serve did not become ready: {process.communicate()[0]}")
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=40)
+    return output
+
+
+def log(env: dict[str, str]) -> list[dict]:
+    result = cli(env, "log", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def post_sample(url: str, order: str = "1001") -> requests.Response:
+    body, headers = signed_shopify_fulfillment(SECRET, phone="+447911123456", order_number=order)
+    return requests.post(f"{url}/webhooks/shopify", data=body, headers=headers, timeout=10)
+
+
+def test_serve_acknowledges_and_its_embedded_worker_sends(env):
+    process, url = start(env, "--workers", "2")
+    try:
+        response = post_sample(url)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "accepted"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and [r["status"] for r in log(env)] != ["sent"]:
+            time.sleep(0.2)
+        records = log(env)
+    finally:
+        output = stop(process)
+    assert [r["status"] for r in records] == ["sent"], output
+    assert "(console backend, not sent to any phone)" in output
+    assert "+447911123456" not in output  # logs and console show masked numbers only
+    assert process.returncode == 0
+
+
+def test_serve_no_worker_only_receives(env):
+    process, url = start(env, "--no-worker", "--workers", "1")
+    try:
+        assert post_sample(url).status_code == 200
+        time.sleep(1.0)
+        assert [r["status"] for r in log(env)] == ["pending"]
+    finally:
+        stop(process)
+
+
+def test_serve_refuses_to_start_on_an_unmigrated_database(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    environment.update(
+        DISPATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.sqlite3'}",
+        DISPATCH_INSTANCE_PATH=str(tmp_path / "instance"),
+    )
+    result = cli(environment, "serve", "--port", str(free_port()))
+    assert result.returncode != 0
+    assert "dispatch-notifier db upgrade" in result.stderr
