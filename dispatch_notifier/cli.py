@@ -212,9 +212,12 @@ def log(status: str | None, source_name: str | None, limit: int, as_json: bool) 
         f"{'PHONE':16} {'TRIES':>5}  DETAIL"
     )
     for r in records:
-        detail = r["error"] or (r["message"] or "")
-        if r["backend"] == "console" and r["status"] == "sent":
-            detail = "[console: no phone received it] " + detail
+        if r["status"] == "sent":
+            detail = r["message"] or ""
+            if r["backend"] == "console":
+                detail = "[console only, no phone received it] " + detail
+        else:
+            detail = r["error"] or r["message"] or ""
         click.echo(
             f"{r['id']:>6}  {r['created_at'][:19].replace('T', ' '):19}  {r['source'][:12]:12} "
             f"{(r['order'] or '')[:10]:10} {r['status']:8} {r['phone'] or '-':16} "
