@@ -296,3 +296,22 @@ def _deliveries(app):  # type: ignore[no-untyped-def]
 
     with get_db(app).session() as session:
         return list(session.scalars(select(Delivery)))
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        ("royal-mail", "Royal Mail"),
+        ("usps", "USPS"),
+        ("dhl-express", "DHL Express"),
+        ("fedex", "FedEx"),
+        ("DHL Paket", "DHL Paket"),
+        ("custom", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_carrier_slugs_are_shown_as_customers_know_them(raw, shown):
+    from dispatch_notifier.platforms import pretty_carrier
+
+    assert pretty_carrier(raw) == shown

@@ -175,6 +175,7 @@ def _load_builtin() -> None:
 
 
 _CARRIER_ACRONYMS = {"dhl", "dpd", "ups", "usps", "tnt", "gls", "ems", "dsv", "ctt", "uk", "us"}
+_CARRIER_NAMES = {"fedex": "FedEx", "auspost": "Australia Post", "parcelforce": "Parcelforce"}
 
 
 def pretty_carrier(value: Any) -> str | None:
@@ -187,5 +188,7 @@ def pretty_carrier(value: Any) -> str | None:
         return None
     if any(c.isupper() for c in raw) or " " in raw:
         return raw
+    if raw in _CARRIER_NAMES:
+        return _CARRIER_NAMES[raw]
     words = raw.replace("_", "-").split("-")
     return " ".join(w.upper() if w in _CARRIER_ACRONYMS else w.capitalize() for w in words if w)

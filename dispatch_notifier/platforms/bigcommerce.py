@@ -65,7 +65,7 @@ class BigCommerce(Platform):
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: list[str]) -> None:
         # BigCommerce's own example passes base64(client secret) to the Standard Webhooks
         # library, which decodes it again: the HMAC key is the client secret's bytes.
-        verify_standard_webhook(body, headers, [s.encode() for s in secrets])
+        verify_standard_webhook(body, headers, [s.encode() for s in secrets if s])
 
     def delivery_id(self, body: bytes, headers: Mapping[str, str]) -> str | None:
         # "If a hook fires twice for the same event, both request bodies rely on the same hash."
