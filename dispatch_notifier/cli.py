@@ -522,10 +522,10 @@ def templates_export(directory: str) -> None:
 @click.option("--order", "order_number", default="1001", show_default=True)
 @with_appcontext
 def simulate(source_name: str, url: str, phone: str, order_number: str) -> None:
-    """Post a correctly signed sample Shopify dispatch to a running service."""
+    """Post a correctly signed sample dispatch for the source's platform to a running service."""
     import requests
 
-    from dispatch_notifier.samples import signed_shopify_fulfillment
+    from dispatch_notifier.platform_samples import signed_sample
 
     with get_db().session() as session:
         source = session.scalar(select(Source).where(Source.name == source_name))
@@ -535,11 +535,10 @@ def simulate(source_name: str, url: str, phone: str, order_number: str) -> None:
                 f"`dispatch-notifier sources add {source_name} --platform shopify`"
             )
         assert source is not None
-        if source.platform != "shopify":
-            fail("simulate posts Shopify samples; pick a shopify source")
-        body, headers = signed_shopify_fulfillment(
-            source.secrets[0], phone=phone, order_number=order_number
-        )
+        try:
+            body, headers = signed_sample(source.platform, source.secrets[0], phone, order_number)
+        except ValueError as exc:
+            fail(str(exc))
     try:
         response = requests.post(
             f"{url.rstrip('/')}/webhooks/{source_name}", data=body, headers=headers, timeout=10
