@@ -17,7 +17,7 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
-from dispatch_notifier import message_templates, migrate, phones, rendering
+from dispatch_notifier import message_templates, migrate, phones, rendering, source_commands
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import TEMPLATE_VARIABLES
 from dispatch_notifier.models import STATUSES, Attempt, Notification, Source
@@ -37,6 +37,8 @@ def main() -> None:
 def init_app(app: Flask) -> None:
     for command in (serve, worker, db, log, resend, send_test, sources, templates, simulate):
         app.cli.add_command(command)
+    for command in source_commands.COMMANDS:
+        sources.add_command(command)
     for extra in _extra_commands:
         app.cli.add_command(extra)
 
@@ -300,6 +302,7 @@ def sources_list(as_json: bool) -> None:
                 "enabled": s.enabled,
                 "webhook_path": f"/webhooks/{s.name}",
                 "secrets": [fingerprint(x) for x in s.secrets],
+                "api_credentials": sorted(s.api_credentials),  # names only, never values
                 "default_country": s.default_country,
                 "default_locale": s.default_locale,
                 "last_event_at": _iso(s.last_event_at),
@@ -328,6 +331,13 @@ def sources_list(as_json: bool) -> None:
 @click.option("--shop-name", help="Shown in messages as {{ shop_name }}.")
 @click.option("--country", "default_country", help="Default country for numbers, e.g. GB.")
 @click.option("--locale", "default_locale", help="Default message language, e.g. en.")
+@click.option(
+    "--credential",
+    "credentials",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="API credential for id-only platforms (BigCommerce: store_hash, access_token).",
+)
 @click.option("--if-missing", is_flag=True, help="Do nothing if the source exists already.")
 @with_appcontext
 def sources_add(
@@ -337,11 +347,10 @@ def sources_add(
     shop_name: str | None,
     default_country: str | None,
     default_locale: str | None,
+    credentials: tuple[str, ...],
     if_missing: bool,
 ) -> None:
     """Connect a shop: its webhook URL becomes /webhooks/NAME."""
-    import secrets as secrets_module
-
     from dispatch_notifier import platforms
     from dispatch_notifier.sources import fingerprint, validate_name
 
@@ -353,8 +362,11 @@ def sources_add(
         fail(f"unknown platform {platform!r}; choose one of {', '.join(platforms.names())}")
     if default_country and not (len(default_country) == 2 and default_country.isalpha()):
         fail("--country must be a two-letter country code such as GB")
-    generated = secret is None
-    secret = secret or secrets_module.token_urlsafe(32)
+    api_credentials = source_commands.parse_credentials(credentials)
+    missing = source_commands.missing_credentials(platform, api_credentials)
+    if missing:
+        fail(f"{platform} needs API credentials: --credential {'=… --credential '.join(missing)}=…")
+    secret, generated = source_commands.initial_secret(platform, secret)
     with get_db().session() as session:
         if session.scalar(select(Source.id).where(Source.name == name)):
             if if_missing:
@@ -369,6 +381,7 @@ def sources_add(
                 shop_name=shop_name,
                 default_country=(default_country or "").upper() or None,
                 default_locale=default_locale,
+                api_credentials=api_credentials or None,
             )
         )
         session.commit()
@@ -512,10 +525,10 @@ def templates_export(directory: str) -> None:
 @click.option("--order", "order_number", default="1001", show_default=True)
 @with_appcontext
 def simulate(source_name: str, url: str, phone: str, order_number: str) -> None:
-    """Post a correctly signed sample Shopify dispatch to a running service."""
+    """Post a correctly signed sample dispatch for the source's platform to a running service."""
     import requests
 
-    from dispatch_notifier.samples import signed_shopify_fulfillment
+    from dispatch_notifier.platform_samples import signed_sample
 
     with get_db().session() as session:
         source = session.scalar(select(Source).where(Source.name == source_name))
@@ -525,11 +538,10 @@ def simulate(source_name: str, url: str, phone: str, order_number: str) -> None:
                 f"`dispatch-notifier sources add {source_name} --platform shopify`"
             )
         assert source is not None
-        if source.platform != "shopify":
-            fail("simulate posts Shopify samples; pick a shopify source")
-        body, headers = signed_shopify_fulfillment(
-            source.secrets[0], phone=phone, order_number=order_number
-        )
+        try:
+            body, headers = signed_sample(source.platform, source.secrets[0], phone, order_number)
+        except ValueError as exc:
+            fail(str(exc))
     try:
         response = requests.post(
             f"{url.rstrip('/')}/webhooks/{source_name}", data=body, headers=headers, timeout=10

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets as secrets_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -76,6 +77,19 @@ class Platform:
 
     name: ClassVar[str]
     title: ClassVar[str]
+    # API credentials a source of this platform needs (id-only platforms fetch details).
+    credential_keys: ClassVar[tuple[str, ...]] = ()
+    # Whether we may generate the webhook secret, or it comes from the platform (an app secret).
+    secret_is_generated: ClassVar[bool] = True
+
+    def new_secret(self) -> str:
+        """A fresh random webhook secret in the form this platform expects."""
+        return secrets_module.token_urlsafe(32)
+
+    def check_secret(self, secret: str) -> None:
+        """Raise ValueError if `secret` cannot be this platform's webhook secret."""
+        if not secret or secret != secret.strip():
+            raise ValueError("the secret must not be empty or start/end with spaces")
 
     def verify(self, body: bytes, headers: Mapping[str, str], secrets: list[str]) -> None:
         """Raise SignatureError unless the request is signed with one of `secrets`."""
@@ -168,4 +182,30 @@ def names() -> list[str]:
 
 def _load_builtin() -> None:
     if not _REGISTRY:
-        from dispatch_notifier.platforms import shopify  # noqa: F401
+        from dispatch_notifier.platforms import (  # noqa: F401
+            bigcommerce,
+            shopify,
+            shopware,
+            standard,
+            woocommerce,
+        )
+
+
+_CARRIER_ACRONYMS = {"dhl", "dpd", "ups", "usps", "tnt", "gls", "ems", "dsv", "ctt", "uk", "us"}
+_CARRIER_NAMES = {"fedex": "FedEx", "auspost": "Australia Post", "parcelforce": "Parcelforce"}
+
+
+def pretty_carrier(value: Any) -> str | None:
+    """A carrier as customers know it: slugs `royal-mail`, `usps` become `Royal Mail`, `USPS`.
+
+    Names that already have capitals or spaces are kept as the shop wrote them.
+    """
+    raw = text(value)
+    if raw is None or raw.lower() in ("custom", "none", "other"):
+        return None
+    if any(c.isupper() for c in raw) or " " in raw:
+        return raw
+    if raw in _CARRIER_NAMES:
+        return _CARRIER_NAMES[raw]
+    words = raw.replace("_", "-").split("-")
+    return " ".join(w.upper() if w in _CARRIER_ACRONYMS else w.capitalize() for w in words if w)
