@@ -6,6 +6,7 @@ Each command is a thin wrapper over the functions the web app and the tests use.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -70,7 +71,9 @@ def serve(host: str, port: int, workers: int, no_worker: bool) -> None:
     from dispatch_notifier.serve import serve as run
 
     _require_schema()
-    run(host, port, workers, with_worker=not no_worker)
+    # The worker's own bound (STOP_TIMEOUT) plus a margin before it is killed.
+    stop_timeout = float(current_app.config["STOP_TIMEOUT"]) + 5
+    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout)
 
 
 @click.command()
@@ -97,7 +100,10 @@ def worker(once: bool) -> None:
     click.echo(
         f"worker {runner.owner} sending with the {runner.sender.backend.name} backend", err=True
     )
-    runner.run()
+    if not runner.run():
+        # Bounded stop: sends still hanging after STOP_TIMEOUT are left to the lease sweep.
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _require_schema() -> None:

@@ -227,6 +227,36 @@ def release(session: Session, notification_id: int, owner: str) -> None:
     session.commit()
 
 
+def defer(
+    session: Session,
+    notification_id: int,
+    owner: str,
+    until: datetime,
+    reason: str | None,
+    code: str | None,
+) -> bool:
+    """Put a claimed row back to wait until `until` (quiet hours, rate limit); not an attempt."""
+    result = session.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.lease_owner == owner,
+            Notification.status.in_(CLAIMABLE_STATUSES),
+        )
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            next_attempt_at=until,
+            updated_at=utcnow(),
+            # A gate hold keeps the previous error (why it is `retrying`); quiet hours say so.
+            **({"error": reason, "error_code": code} if code is not None else {}),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
 def sweep_abandoned(session: Session) -> list[int]:
     """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
 
