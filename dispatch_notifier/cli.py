@@ -32,13 +32,21 @@ def main() -> None:
         add_version_option=False,
         help="Shop dispatch webhooks in, one SMS per shipment out.",
     )
-    cli.main(prog_name="dispatch-notifier")
+    from dispatch_notifier.config import ConfigError
+
+    try:
+        cli.main(prog_name="dispatch-notifier")
+    except ConfigError as exc:  # a bad DISPATCH_* setting: say which, no traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
 
 def init_app(app: Flask) -> None:
     for command in (serve, worker, db, log, resend, send_test, sources, templates, simulate):
         app.cli.add_command(command)
-    for extra in _extra_commands:
+    from dispatch_notifier.ops_cli import COMMANDS as delivery_rule_commands
+
+    for extra in [*_extra_commands, *delivery_rule_commands]:
         app.cli.add_command(extra)
 
 

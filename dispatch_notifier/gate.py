@@ -81,13 +81,14 @@ def acquire(
     Otherwise returns when to try again: the end of a provider pause or of a full window.
     The caller commits (ideally together with marking the row `sending`).
     """
-    now = now or utcnow()
     row = _locked_row(session)
+    now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window
     if row.paused_until is not None and row.paused_until > now:
         return row.paused_until
     if limit is None:
         return None
-    if row.window_start is None or now >= row.window_start + limit.window or now < row.window_start:
+    # A clock slightly behind the window's start (another machine) counts as inside it.
+    if row.window_start is None or now >= row.window_start + limit.window:
         row.window_start, row.window_count = now, 0
     if row.window_count >= limit.count:
         return row.window_start + limit.window

@@ -123,7 +123,7 @@ class Sender:
         if until is not None:
             reason = f"quiet hours ({window}): waiting until {until:%Y-%m-%d %H:%M} UTC"
             return self._defer(session, row, until, reason, "quiet_hours")
-        until = gate.acquire(session, self.rate_limit, now)
+        until = gate.acquire(session, self.rate_limit)
         if until is not None:
             return self._defer(session, row, until, None, None)
         return None
