@@ -257,16 +257,21 @@ def defer(
     return result.rowcount == 1
 
 
-def sweep_abandoned(session: Session) -> list[int]:
+def sweep_abandoned(session: Session, alive_owner: str | None = None) -> list[int]:
     """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
 
-    They are never sent again automatically: the SMS may have gone out.
+    They are never sent again automatically: the SMS may have gone out. `alive_owner` (the
+    calling worker) is spared: it knows it is alive and will record its own outcomes, e.g.
+    after a database outage during which it could not renew its leases.
     """
     now = utcnow()
+    conditions = [Notification.status == SENDING, Notification.lease_expires_at < now]
+    if alive_owner is not None:
+        conditions.append(Notification.lease_owner != alive_owner)
     ids = list(
         session.scalars(
             update(Notification)
-            .where(Notification.status == SENDING, Notification.lease_expires_at < now)
+            .where(*conditions)
             .values(
                 status=UNKNOWN,
                 error="the worker stopped while sending; the SMS may have been sent",

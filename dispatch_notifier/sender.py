@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from dispatch_notifier import gate, message_templates, phones, platforms, quiet, rendering
 from dispatch_notifier.db import Database
@@ -275,17 +276,47 @@ class Sender:
         )
         if outcome.http_status == 429 or outcome.error_code == "ERROR_APIUSAGE_EXCEEDED":
             until = outcome.retry_at or now + self.policy.pause_without_reset
-            with self.db.session() as session:
-                # Every worker, not only this one, waits until the provider's reset time.
-                gate.pause(session, until, f"provider rate limit ({outcome.error_code})")
-            log.warning("provider rate limit: all workers paused until %s", until)
-        with self.db.session() as session:
-            # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
-            recorded = finish(session, notification_id, self.owner, values, attempt)
+            try:
+                with self.db.session() as session:
+                    # Every worker, not only this one, waits until the provider's reset time.
+                    gate.pause(session, until, f"provider rate limit ({outcome.error_code})")
+                log.warning("provider rate limit: all workers paused until %s", until)
+            except DBAPIError as exc:
+                log.warning("could not record the provider pause: %s", type(exc).__name__)
+        recorded = self._write_outcome(notification_id, values, attempt)
         if not recorded:
             log.warning("notification %s: lease lost before recording %s", notification_id, status)
         log.info("notification %s: %s%s", notification_id, status, f" ({reason})" if reason else "")
         return status
+
+    def _write_outcome(
+        self, notification_id: int, values: dict[str, object], attempt: dict[str, object]
+    ) -> bool:
+        """Record what the provider said, waiting out a database outage (bounded).
+
+        The SMS has gone out (or may have): losing this write would turn `sent` into `unknown`.
+        """
+        deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                with self.db.session() as session:
+                    # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
+                    return finish(session, notification_id, self.owner, values, attempt)
+            except DBAPIError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "notification %s: database unavailable (%s); retrying the outcome write",
+                    notification_id,
+                    type(exc).__name__,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+# How long a worker keeps trying to record an outcome while the database is down.
+RECORD_PATIENCE_SECONDS = 120.0
 
 
 def lease_for(app: Flask) -> timedelta:
