@@ -257,17 +257,17 @@ def defer(
     return result.rowcount == 1
 
 
-def sweep_abandoned(session: Session, alive_owner: str | None = None) -> list[int]:
+def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[int]:
     """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
 
-    They are never sent again automatically: the SMS may have gone out. `alive_owner` (the
-    calling worker) is spared: it knows it is alive and will record its own outcomes, e.g.
-    after a database outage during which it could not renew its leases.
+    They are never sent again automatically: the SMS may have gone out. `spare` are the calling
+    worker's own sends still in progress: it knows it is alive and will record their outcomes,
+    e.g. after a database outage during which it could not renew its leases.
     """
     now = utcnow()
     conditions = [Notification.status == SENDING, Notification.lease_expires_at < now]
-    if alive_owner is not None:
-        conditions.append(Notification.lease_owner != alive_owner)
+    if spare:
+        conditions.append(Notification.id.not_in(spare))
     ids = list(
         session.scalars(
             update(Notification)

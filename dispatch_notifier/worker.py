@@ -130,7 +130,7 @@ class Worker:
     def tick(self, pool: ThreadPoolExecutor) -> bool:
         """One round: sweep abandoned rows, claim what fits, hand it to the pool."""
         with self.db.session() as session:
-            outbox.sweep_abandoned(session, alive_owner=self.owner)
+            outbox.sweep_abandoned(session, spare=self.held())
         free = self.concurrency - self._in_flight_count()
         if free <= 0 or self._stop.is_set():
             return False

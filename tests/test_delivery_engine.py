@@ -220,8 +220,9 @@ def test_suppressing_something_that_is_not_a_mobile_number_is_refused(runner):
 
 
 def test_a_slow_send_keeps_its_lease_and_is_not_declared_unknown(app_factory, fake_dotdigital):
-    app = dd_app(app_factory, fake_dotdigital, LEASE_SECONDS=0.6, DOTDIGITAL_READ_TIMEOUT=5.0)
-    fake_dotdigital.latency = 2.0
+    app = dd_app(app_factory, fake_dotdigital, LEASE_SECONDS=1.2, DOTDIGITAL_READ_TIMEOUT=6.0)
+    # The send outlasts the lease several times over; only the heartbeat keeps it.
+    fake_dotdigital.latency = 3.0
     queue(app, 1)
     worker = Worker(app)
     thread = threading.Thread(target=worker.run)
