@@ -81,6 +81,8 @@ def test_a_database_outage_during_ingestion_answers_503_and_loses_nothing_acknow
     private_cluster, fake, stack_factory
 ):
     database_url = private_cluster.create_database("dn_reliability")
+    # Slow answers keep sends in flight across the outage: their outcomes must still be recorded.
+    fake.latency = 0.3
     stack = stack_factory(database_url, fake)
     url = stack.serve(web_processes=2)
     stack.worker()
