@@ -231,11 +231,15 @@ def defer(
     session: Session,
     notification_id: int,
     owner: str,
-    until: datetime,
+    until: datetime | None,
     reason: str | None,
     code: str | None,
 ) -> bool:
-    """Put a claimed row back to wait until `until` (quiet hours, rate limit); not an attempt."""
+    """Put a claimed row back, to wait until `until` (quiet hours); not an attempt.
+
+    `until=None` (the shared gate is closed) keeps its place in the queue: workers do not claim
+    while the gate is closed, and the oldest rows go first when it opens.
+    """
     result = session.execute(
         update(Notification)
         .where(
@@ -246,7 +250,7 @@ def defer(
         .values(
             lease_owner=None,
             lease_expires_at=None,
-            next_attempt_at=until,
+            **({"next_attempt_at": until} if until is not None else {}),
             updated_at=utcnow(),
             # A gate hold keeps the previous error (why it is `retrying`); quiet hours say so.
             **({"error": reason, "error_code": code} if code is not None else {}),

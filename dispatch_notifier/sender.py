@@ -126,7 +126,7 @@ class Sender:
             return self._defer(session, row, until, reason, "quiet_hours")
         until = gate.acquire(session, self.rate_limit)
         if until is not None:
-            return self._defer(session, row, until, None, None)
+            return self._defer(session, row, None, None, None)
         return None
 
     def _defer(self, session, row: Notification, until, reason, code) -> str:  # type: ignore[no-untyped-def]

@@ -103,8 +103,11 @@ def test_the_rate_limit_holds_across_workers_with_their_own_connections(
     assert len(fake_dotdigital.sent) == 3
     waiting = [r for r in rows(apps[0]) if r.status == "pending"]
     assert len(waiting) == 5
-    # Held by the gate: not an attempt, due when the window ends.
-    assert all(r.attempts == 0 and r.next_attempt_at > utcnow() for r in waiting)
+    # Held by the gate: not an attempt, handed back, and no worker claims until the window ends.
+    assert all(r.attempts == 0 and r.lease_owner is None for r in waiting)
+    with get_db(apps[1]).session() as session:
+        opens = gate.wait_until(session, gate.parse_rate_limit("3/minute"))
+    assert opens is not None and 50 < (opens - utcnow()).total_seconds() <= 60
 
 
 def test_a_429_pauses_every_worker_until_the_providers_reset_time(app_factory, fake_dotdigital):
