@@ -6,6 +6,7 @@ Each command is a thin wrapper over the functions the web app and the tests use.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -31,7 +32,13 @@ def main() -> None:
         add_version_option=False,
         help="Shop dispatch webhooks in, one SMS per shipment out.",
     )
-    cli.main(prog_name="dispatch-notifier")
+    from dispatch_notifier.config import ConfigError
+
+    try:
+        cli.main(prog_name="dispatch-notifier")
+    except ConfigError as exc:  # a bad DISPATCH_* setting: say which, no traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 
 
 def init_app(app: Flask) -> None:
@@ -39,7 +46,9 @@ def init_app(app: Flask) -> None:
         app.cli.add_command(command)
     for command in source_commands.COMMANDS:
         sources.add_command(command)
-    for extra in _extra_commands:
+    from dispatch_notifier.ops_cli import COMMANDS as delivery_rule_commands
+
+    for extra in [*_extra_commands, *delivery_rule_commands]:
         app.cli.add_command(extra)
 
 
@@ -72,7 +81,9 @@ def serve(host: str, port: int, workers: int, no_worker: bool) -> None:
     from dispatch_notifier.serve import serve as run
 
     _require_schema()
-    run(host, port, workers, with_worker=not no_worker)
+    # The worker's own bound (STOP_TIMEOUT) plus a margin before it is killed.
+    stop_timeout = float(current_app.config["STOP_TIMEOUT"]) + 5
+    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout)
 
 
 @click.command()
@@ -99,7 +110,10 @@ def worker(once: bool) -> None:
     click.echo(
         f"worker {runner.owner} sending with the {runner.sender.backend.name} backend", err=True
     )
-    runner.run()
+    if not runner.run():
+        # Bounded stop: sends still hanging after STOP_TIMEOUT are left to the lease sweep.
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def _require_schema() -> None:

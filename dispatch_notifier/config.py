@@ -38,6 +38,7 @@ SETTINGS: dict[str, tuple[Any, type]] = {
     "RETRY_CAP_SECONDS": (600.0, float),
     "LEASE_SECONDS": (60.0, float),
     "POLL_INTERVAL": (0.5, float),
+    "STOP_TIMEOUT": (25.0, float),
     "TEMPLATES_DIR": (str(PROJECT_ROOT / "templates"), str),
     "MAX_TEMPLATE_SEGMENTS": (3, int),
     "LOG_LEVEL": ("INFO", str),
@@ -93,6 +94,13 @@ def load(app: Flask, test_config: dict[str, Any] | None) -> None:
         app.config["SMS_BACKEND"] = "dotdigital" if has_credentials else "console"
     if app.config["SMS_BACKEND"] not in ("dotdigital", "console"):
         raise ConfigError("DISPATCH_SMS_BACKEND must be 'dotdigital' or 'console'")
+
+    from dispatch_notifier.gate import parse_rate_limit
+
+    try:
+        parse_rate_limit(app.config["SMS_RATE_LIMIT"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
     app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_BODY_BYTES"]
     secure = app.config["SECURE_COOKIES"]

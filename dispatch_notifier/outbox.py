@@ -227,16 +227,55 @@ def release(session: Session, notification_id: int, owner: str) -> None:
     session.commit()
 
 
-def sweep_abandoned(session: Session) -> list[int]:
+def defer(
+    session: Session,
+    notification_id: int,
+    owner: str,
+    until: datetime | None,
+    reason: str | None,
+    code: str | None,
+) -> bool:
+    """Put a claimed row back, to wait until `until` (quiet hours); not an attempt.
+
+    `until=None` (the shared gate is closed) keeps its place in the queue: workers do not claim
+    while the gate is closed, and the oldest rows go first when it opens.
+    """
+    result = session.execute(
+        update(Notification)
+        .where(
+            Notification.id == notification_id,
+            Notification.lease_owner == owner,
+            Notification.status.in_(CLAIMABLE_STATUSES),
+        )
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            **({"next_attempt_at": until} if until is not None else {}),
+            updated_at=utcnow(),
+            # A gate hold keeps the previous error (why it is `retrying`); quiet hours say so.
+            **({"error": reason, "error_code": code} if code is not None else {}),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[int]:
     """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
 
-    They are never sent again automatically: the SMS may have gone out.
+    They are never sent again automatically: the SMS may have gone out. `spare` are the calling
+    worker's own sends still in progress: it knows it is alive and will record their outcomes,
+    e.g. after a database outage during which it could not renew its leases.
     """
     now = utcnow()
+    conditions = [Notification.status == SENDING, Notification.lease_expires_at < now]
+    if spare:
+        conditions.append(Notification.id.not_in(spare))
     ids = list(
         session.scalars(
             update(Notification)
-            .where(Notification.status == SENDING, Notification.lease_expires_at < now)
+            .where(*conditions)
             .values(
                 status=UNKNOWN,
                 error="the worker stopped while sending; the SMS may have been sent",

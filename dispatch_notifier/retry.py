@@ -2,6 +2,17 @@
 
 Full-jitter exponential backoff, the provider's own reset time when it gives one, and two bounds:
 a number of attempts and an age (a dispatch SMS days late is worse than none).
+
+Which outcome each error gets is decided by the backend (`sms/dotdigital.py`, `classify_*`):
+- retried (`retrying`): could not connect, connect timeout, `429` (every worker pauses until
+  `X-RateLimit-Reset` / `Retry-After`), `503`, `ERROR_SYSTEM_SERVICETEMPORARILYUNAVAILABLE`;
+- permanent (`failed`): other 4xx and the `ERROR_*` tokens for credit, number, text, credentials;
+- `unknown`, never retried automatically: read timeout, connection broken after sending,
+  `500`/`502`/`504`, an unreadable answer, a worker that died while `sending`.
+This module decides when: attempt n waits uniform(0, min(cap, base * 2^(n-1))) seconds, but not
+before the provider's reset time; after `max_attempts` tries, or once the dispatch is older than
+`max_age` (checked when claimed and when scheduling), the row becomes `failed` ("expired" or
+"gave up after N attempts"). Waiting for quiet hours or the shared rate limit is not an attempt.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ class RetryPolicy:
     max_age: timedelta = timedelta(hours=24)
     base_seconds: float = 2.0
     cap_seconds: float = 600.0
+    # A 429 that names no reset time still pauses every worker, for this long.
+    pause_without_reset: timedelta = timedelta(seconds=30)
 
     @classmethod
     def from_config(cls, config: dict) -> RetryPolicy:

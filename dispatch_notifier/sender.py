@@ -12,8 +12,9 @@ from datetime import timedelta
 
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
-from dispatch_notifier import message_templates, phones, platforms, rendering
+from dispatch_notifier import gate, message_templates, phones, platforms, quiet, rendering
 from dispatch_notifier.db import Database
 from dispatch_notifier.events import DispatchEvent, template_context
 from dispatch_notifier.models import (
@@ -28,7 +29,7 @@ from dispatch_notifier.models import (
     Suppression,
     utcnow,
 )
-from dispatch_notifier.outbox import finish, mark_sending
+from dispatch_notifier.outbox import defer, finish, mark_sending
 from dispatch_notifier.retry import RetryPolicy
 from dispatch_notifier.sms import SendOutcome, SmsBackend
 
@@ -60,6 +61,7 @@ class Sender:
         self.policy = RetryPolicy.from_config(app.config)
         self.default_country = app.config["DEFAULT_COUNTRY"]
         self.default_locale = app.config["DEFAULT_LOCALE"]
+        self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
 
     def send_one(self, notification_id: int) -> str | None:
         """Take one claimed row to its next state; returns that state (None if not ours)."""
@@ -87,6 +89,9 @@ class Sender:
             }
             if prepared.event is not None and prepared.event.to_json() != row.event_json:
                 fields["event_json"] = prepared.event.to_json()
+            held = self._hold(session, row, prepared)
+            if held is not None:
+                return held
             if not mark_sending(session, row.id, self.owner, fields):
                 return None
             attempts = row.attempts + 1
@@ -102,6 +107,34 @@ class Sender:
             )
         duration_ms = int((time.monotonic() - started) * 1000)
         return self._record(notification_id, outcome, attempts, created_at, started_at, duration_ms)
+
+    def _hold(self, session, row: Notification, prepared: Prepared) -> str | None:  # type: ignore[no-untyped-def]
+        """Quiet hours, then the shared gate; a held row waits without using an attempt.
+
+        Taking a gate slot stays in the transaction that marks the row `sending`.
+        """
+        now = utcnow()
+        source: Source = row.source
+        try:
+            window = quiet.parse_quiet_hours(source.quiet_hours)
+        except ValueError:
+            log.warning("source %s: ignoring unreadable quiet hours", source.name)
+            window = None
+        until = quiet.hold_until(window, prepared.e164, source.timezone, now)
+        if until is not None:
+            reason = f"quiet hours ({window}): waiting until {until:%Y-%m-%d %H:%M} UTC"
+            return self._defer(session, row, until, reason, "quiet_hours")
+        until = gate.acquire(session, self.rate_limit)
+        if until is not None:
+            return self._defer(session, row, None, None, None)
+        return None
+
+    def _defer(self, session, row: Notification, until, reason, code) -> str:  # type: ignore[no-untyped-def]
+        status, notification_id = row.status, row.id
+        session.rollback()  # gives back any gate lock taken in this transaction
+        defer(session, notification_id, self.owner, until, reason, code)
+        log.debug("notification %s held until %s (%s)", notification_id, until, code or "gate")
+        return status
 
     def prepare(self, session, row: Notification) -> Prepared:  # type: ignore[no-untyped-def]
         """Everything short of sending: enrichment, number, suppression, template, text."""
@@ -241,13 +274,49 @@ class Sender:
         values.update(
             status=status, error=reason, error_code=None if status == SENT else outcome.error_code
         )
-        with self.db.session() as session:
-            # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
-            recorded = finish(session, notification_id, self.owner, values, attempt)
+        if outcome.http_status == 429 or outcome.error_code == "ERROR_APIUSAGE_EXCEEDED":
+            until = outcome.retry_at or now + self.policy.pause_without_reset
+            try:
+                with self.db.session() as session:
+                    # Every worker, not only this one, waits until the provider's reset time.
+                    gate.pause(session, until, f"provider rate limit ({outcome.error_code})")
+                log.warning("provider rate limit: all workers paused until %s", until)
+            except DBAPIError as exc:
+                log.warning("could not record the provider pause: %s", type(exc).__name__)
+        recorded = self._write_outcome(notification_id, values, attempt)
         if not recorded:
             log.warning("notification %s: lease lost before recording %s", notification_id, status)
         log.info("notification %s: %s%s", notification_id, status, f" ({reason})" if reason else "")
         return status
+
+    def _write_outcome(
+        self, notification_id: int, values: dict[str, object], attempt: dict[str, object]
+    ) -> bool:
+        """Record what the provider said, waiting out a database outage (bounded).
+
+        The SMS has gone out (or may have): losing this write would turn `sent` into `unknown`.
+        """
+        deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                with self.db.session() as session:
+                    # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
+                    return finish(session, notification_id, self.owner, values, attempt)
+            except DBAPIError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "notification %s: database unavailable (%s); retrying the outcome write",
+                    notification_id,
+                    type(exc).__name__,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+# How long a worker keeps trying to record an outcome while the database is down.
+RECORD_PATIENCE_SECONDS = 120.0
 
 
 def lease_for(app: Flask) -> timedelta:

@@ -49,7 +49,15 @@ def stop_worker_process(process: subprocess.Popen[bytes], timeout: float = 30.0)
             process.wait()
 
 
-def serve(host: str, port: int, workers: int, with_worker: bool, threads: int = 4) -> None:
+def serve(
+    host: str,
+    port: int,
+    workers: int,
+    with_worker: bool,
+    threads: int = 4,
+    stop_timeout: float = 30.0,
+) -> None:
+    """Run until SIGTERM/SIGINT; then the worker gets `stop_timeout` s to finish its sends."""
     worker = start_worker_process() if with_worker else None
     try:
         GunicornApp(
@@ -67,4 +75,4 @@ def serve(host: str, port: int, workers: int, with_worker: bool, threads: int = 
         ).run()
     finally:
         if worker is not None:
-            stop_worker_process(worker)
+            stop_worker_process(worker, stop_timeout)

@@ -9,13 +9,15 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from flask import Flask
 
-from dispatch_notifier import outbox
+from dispatch_notifier import gate, outbox
 from dispatch_notifier.db import get_db
+from dispatch_notifier.models import utcnow
 from dispatch_notifier.sender import Sender, lease_for
 from dispatch_notifier.sms import SmsBackend, backend_for
 
@@ -32,11 +34,15 @@ class Worker:
         self.concurrency = max(1, int(app.config["SEND_CONCURRENCY"]))
         self.lease = lease_for(app)
         self.poll_interval = float(app.config["POLL_INTERVAL"])
+        self.stop_timeout = float(app.config["STOP_TIMEOUT"])
+        # Renew well before expiry, so one slow database round trip cannot lose a lease.
+        self.heartbeat_interval = max(0.05, self.lease.total_seconds() / 3)
         self.sender = Sender(app, self.db, backend or backend_for(app), self.owner)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._in_flight: dict[int, Future[str | None]] = {}
         self._lock = threading.Lock()
+        self._heartbeat_stop = threading.Event()
 
     def stop(self) -> None:
         self._stop.set()
@@ -49,10 +55,17 @@ class Worker:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def run(self) -> None:
-        """Work until `stop()`; then wait for in-flight sends and return."""
+    def run(self) -> bool:
+        """Work until `stop()`; then wait for in-flight sends, at most STOP_TIMEOUT seconds.
+
+        Returns False if some sends were still running when that time was up.
+        """
         log.info("worker %s started (concurrency %d)", self.owner, self.concurrency)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="send") as pool:
+        heartbeat = threading.Thread(target=self._heartbeat, name="lease-heartbeat", daemon=True)
+        heartbeat.start()
+        listener = self._start_listener()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="send")
+        try:
             while not self._stop.is_set():
                 try:
                     busy = self.tick(pool)
@@ -60,24 +73,76 @@ class Worker:
                     log.exception("worker loop error; retrying shortly")
                     busy = False
                 if not busy:
-                    self._wake.wait(self.poll_interval)
+                    self._wake.wait(self._idle_wait())
                     self._wake.clear()
-            self._drain()
-        log.info("worker %s stopped", self.owner)
+        finally:
+            clean = self._drain(self.stop_timeout)
+            pool.shutdown(wait=clean, cancel_futures=True)
+            self._heartbeat_stop.set()
+            heartbeat.join(2)
+            if listener is not None:
+                listener.stop()
+        if clean:
+            log.info("worker %s stopped", self.owner)
+        else:
+            log.warning(
+                "worker %s stopped with sends still running after %.0fs; their rows become "
+                "`unknown` when the lease expires",
+                self.owner,
+                self.stop_timeout,
+            )
+        return clean
+
+    def _start_listener(self):  # type: ignore[no-untyped-def]
+        if not self.db.is_postgres:
+            return None
+        from dispatch_notifier.listener import Listener
+
+        return Listener(self.db.url, self.wake).start()
+
+    def _idle_wait(self) -> float:
+        """Sleep until the poll interval, or until the shared gate opens if it is closed."""
+        try:
+            with self.db.session() as session:
+                opens = gate.wait_until(session, self.sender.rate_limit)
+        except Exception:
+            return self.poll_interval
+        if opens is None:
+            return self.poll_interval
+        return min(max(self.poll_interval, (opens - utcnow()).total_seconds()), 60.0)
+
+    def _heartbeat(self) -> None:
+        """Renew the leases of the rows this worker holds while their sends run."""
+        while not self._heartbeat_stop.wait(self.heartbeat_interval):
+            ids = self.held()
+            if not ids:
+                continue
+            try:
+                with self.db.session() as session:
+                    outbox.renew_leases(session, self.owner, ids, self.lease)
+            except Exception as exc:
+                log.warning("could not renew leases (%s); will try again", type(exc).__name__)
+
+    def held(self) -> list[int]:
+        with self._lock:
+            return list(self._in_flight)
 
     def tick(self, pool: ThreadPoolExecutor) -> bool:
         """One round: sweep abandoned rows, claim what fits, hand it to the pool."""
         with self.db.session() as session:
-            outbox.sweep_abandoned(session)
+            outbox.sweep_abandoned(session, spare=self.held())
         free = self.concurrency - self._in_flight_count()
-        if free <= 0:
+        if free <= 0 or self._stop.is_set():
             return False
+        with self.db.session() as session:
+            if gate.wait_until(session, self.sender.rate_limit) is not None:
+                return False  # claiming now would only hand the rows back
         with self.db.session() as session:
             ids = outbox.claim(session, self.owner, free, self.lease)
         for notification_id in ids:
-            future = pool.submit(self._send, notification_id)
+            # Submit under the lock: a fast send must not finish before it is registered.
             with self._lock:
-                self._in_flight[notification_id] = future
+                self._in_flight[notification_id] = pool.submit(self._send, notification_id)
         return bool(ids)
 
     def run_until_idle(self, max_rounds: int = 1000) -> None:
@@ -85,12 +150,17 @@ class Worker:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="send") as pool:
             for _ in range(max_rounds):
                 claimed = self.tick(pool)
-                self._drain()
+                self._drain(None)
                 if not claimed:
                     break
 
     def _send(self, notification_id: int) -> str | None:
         try:
+            if self._stop.is_set():
+                # Claimed but not started: give it back for another worker, untouched.
+                with self.db.session() as session:
+                    outbox.release(session, notification_id, self.owner)
+                return None
             return self.sender.send_one(notification_id)
         except Exception:
             log.exception("sending notification %s failed", notification_id)
@@ -104,8 +174,15 @@ class Worker:
         with self._lock:
             return len(self._in_flight)
 
-    def _drain(self) -> None:
-        with self._lock:
-            futures = list(self._in_flight.values())
-        for future in futures:
-            future.result()
+    def _drain(self, timeout: float | None) -> bool:
+        """Wait for in-flight sends; False if some were still running after `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                futures = list(self._in_flight.values())
+            if not futures:
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            wait(futures, timeout=left)

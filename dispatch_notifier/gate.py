@@ -1,0 +1,130 @@
+"""The provider gate: one rate limit and one 429 pause shared by every worker on every machine.
+
+State lives in a `send_gate` row, changed only under its row lock, so the limit holds globally.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from dispatch_notifier.models import SendGate, utcnow
+
+GATE_NAME = "sms"
+_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most `count` provider calls per `window` (a fixed window shared by all workers)."""
+
+    count: int
+    window: timedelta
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.window.total_seconds():g}s"
+
+
+def parse_rate_limit(text: str | None) -> RateLimit | None:
+    """'35/minute', '2/second', '1000/hour', '10/5minutes' -> RateLimit; '' or None -> no limit."""
+    if text is None or not str(text).strip() or str(text).strip().lower() in ("none", "off"):
+        return None
+    match = _RATE.match(str(text))
+    if not match or int(match.group(1)) < 1 or match.group(2) in ("0",):
+        raise ValueError(
+            f"DISPATCH_SMS_RATE_LIMIT must look like 35/minute, 2/second or 1000/hour, got {text!r}"
+        )
+    multiple = int(match.group(2) or 1)
+    seconds = _UNITS[match.group(3).lower()] * multiple
+    return RateLimit(int(match.group(1)), timedelta(seconds=seconds))
+
+
+def _locked_row(session: Session) -> SendGate:
+    """The gate row, created on first use and locked until the caller's transaction ends.
+
+    PostgreSQL: SELECT ... FOR UPDATE. SQLite: every transaction here is BEGIN IMMEDIATE
+    (see db.py), which already serialises writers.
+    """
+    _ensure_row(session)
+    row = session.scalars(
+        select(SendGate)
+        .where(SendGate.name == GATE_NAME)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return row
+
+
+def _ensure_row(session: Session) -> None:
+    # The key is a name, not an id: insert it once, whoever comes first wins.
+    if session.scalar(select(SendGate.name).where(SendGate.name == GATE_NAME)) is None:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(
+            insert(SendGate.__table__)
+            .values(name=GATE_NAME, window_count=0)
+            .on_conflict_do_nothing()
+        )
+
+
+def acquire(
+    session: Session, limit: RateLimit | None, now: datetime | None = None
+) -> datetime | None:
+    """Take one send slot inside the caller's transaction; None means "go ahead".
+
+    Otherwise returns when to try again: the end of a provider pause or of a full window.
+    The caller commits (ideally together with marking the row `sending`).
+    """
+    row = _locked_row(session)
+    now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window
+    if row.paused_until is not None and row.paused_until > now:
+        return row.paused_until
+    if limit is None:
+        return None
+    # A clock slightly behind the window's start (another machine) counts as inside it.
+    if row.window_start is None or now >= row.window_start + limit.window:
+        row.window_start, row.window_count = now, 0
+    if row.window_count >= limit.count:
+        return row.window_start + limit.window
+    row.window_count += 1
+    session.flush()
+    return None
+
+
+def pause(session: Session, until: datetime, reason: str) -> None:
+    """Stop every worker from calling the provider until `until` (after a 429); commits."""
+    row = _locked_row(session)
+    if row.paused_until is None or row.paused_until < until:
+        session.execute(
+            update(SendGate)
+            .where(SendGate.name == GATE_NAME)
+            .values(paused_until=until, pause_reason=reason[:255])
+        )
+    session.commit()
+
+
+def wait_until(
+    session: Session, limit: RateLimit | None, now: datetime | None = None
+) -> datetime | None:
+    """A cheap read for the worker loop: when the gate opens, or None if it is open now."""
+    now = now or utcnow()
+    row = session.get(SendGate, GATE_NAME, populate_existing=True)
+    session.rollback()
+    if row is None:
+        return None
+    if row.paused_until is not None and row.paused_until > now:
+        return row.paused_until
+    if (
+        limit is not None
+        and row.window_start is not None
+        and row.window_start <= now < row.window_start + limit.window
+        and row.window_count >= limit.count
+    ):
+        return row.window_start + limit.window
+    return None

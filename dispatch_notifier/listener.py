@@ -1,0 +1,64 @@
+"""Wake-ups on PostgreSQL: LISTEN for the outbox's NOTIFY and wake the worker at once.
+
+Polling stays the fallback; if the listening connection drops, it reconnects with a backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from dispatch_notifier.outbox import NOTIFY_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+def libpq_url(sqlalchemy_url: str) -> str:
+    """`postgresql+psycopg://u:p@h/db` -> `postgresql://u:p@h/db` for a plain psycopg connection."""
+    url = make_url(sqlalchemy_url).set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+class Listener:
+    """A daemon thread that calls `wake()` whenever new work is announced."""
+
+    def __init__(self, database_url: str, wake: Callable[[], None]) -> None:
+        self.conninfo = libpq_url(database_url)
+        self.wake = wake
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="listen", daemon=True)
+        self.connected = threading.Event()
+
+    def start(self) -> Listener:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.connected.set()
+                    delay = 0.5
+                    # Work may have arrived while we were not listening.
+                    self.wake()
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self.wake()
+            except psycopg.Error as exc:
+                self.connected.clear()
+                log.warning(
+                    "LISTEN connection lost (%s); polling until it is back", type(exc).__name__
+                )
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+        self.connected.clear()
