@@ -35,8 +35,11 @@ def main() -> None:
 
 
 def init_app(app: Flask) -> None:
+    from dispatch_notifier import users
+
     for command in (serve, worker, db, log, resend, send_test, sources, templates, simulate):
         app.cli.add_command(command)
+    app.cli.add_command(users.cli)
     for extra in _extra_commands:
         app.cli.add_command(extra)
 
