@@ -25,10 +25,10 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-def api_error(status: int, code: str, message: str, **extra: Any) -> Response:
+def api_error(http_status: int, code: str, message: str, **extra: Any) -> Response:
     response = jsonify({"error": code, "message": message, **extra})
-    response.status_code = status
-    if status == 401:
+    response.status_code = http_status
+    if http_status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dispatch-notifier"'
     return response
 
@@ -137,7 +137,7 @@ def resend(notification_id: int) -> Response:
             409,
             "confirmation_required",
             f'notification {notification_id} {warning}; send {{"confirm": true}} to resend',
-            status=row.status,
+            current_status=row.status,
         )
     try:
         queued = resend_notification(session, notification_id, "api")

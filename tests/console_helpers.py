@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta
 from typing import Any
@@ -78,7 +79,7 @@ def add_notification(
             order_id=f"o-{order}",
             shipment_id=f"s-{order}-{created_at.timestamp()}-{extra.pop('n', 0)}",
             order_number=order,
-            event_json='{"order_number": "%s", "phones": ["%s"]}' % (order, phone),
+            event_json=json.dumps({"order_number": order, "phones": [phone]}),
             status=status,
             phone=phone,
             phone_tail=phone[-4:] if phone else None,
