@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +145,43 @@ def test_the_editor_counter_is_exactly_the_segments_module(text):
     assert "".join(run for run, _ in shown["runs"]) == text
     marked = "".join(run for run, bad in shown["runs"] if bad)
     assert set(marked) == set(info.unicode_chars)
+
+
+OPENAPI = Path(__file__).resolve().parent.parent / "dispatch_notifier" / "static" / "openapi.json"
+
+
+def _schema(name: str) -> dict:
+    spec = json.loads(OPENAPI.read_text())
+    return {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+
+
+def test_every_api_route_is_in_the_openapi_file(api):
+    spec = json.loads(OPENAPI.read_text())
+    assert spec["openapi"].startswith("3.1")
+    documented = {
+        (method.upper(), "/api/v1" + path.replace("{id}", "<int:notification_id>"))
+        for path, ops in spec["paths"].items()
+        for method in ops
+    }
+    served = {
+        (method, rule.rule)
+        for rule in api.url_map.iter_rules()
+        if rule.endpoint.startswith("api.")
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    assert served == documented
+
+
+def test_api_answers_match_the_openapi_schemas(api):
+    nid = add_notification(
+        api, attempts=[{"started_at": utcnow(), "outcome": "sent", "http_status": 204}]
+    )
+    client = api.test_client()
+    listing = client.get("/api/v1/notifications", headers=AUTH).json
+    jsonschema.validate(listing["items"][0], _schema("Notification"))
+    detail = client.get(f"/api/v1/notifications/{nid}", headers=AUTH).json
+    jsonschema.validate(detail, _schema("NotificationDetail"))
+    count = client.post("/api/v1/sms/count", json={"text": "hi"}, headers=AUTH).json
+    jsonschema.validate(count, _schema("Count"))
+    missing = client.get("/api/v1/notifications/0", headers=AUTH).json
+    jsonschema.validate(missing, _schema("Error"))
