@@ -43,6 +43,9 @@ def init_app(app: Flask) -> None:
     from dispatch_notifier import webhooks
     from dispatch_notifier.admin import views  # noqa: F401 - registers the pages on `bp`
 
+    # A form is valid as long as the login session is (12 h), not Flask-WTF's default hour:
+    # an owner may leave the editor open over lunch.
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)
     csrf.init_app(app)
     # Webhooks are authenticated by their HMAC signature, the API by its bearer token.
     csrf.exempt(webhooks.bp)
