@@ -1,6 +1,6 @@
 """Time the send log's keyset pages and filters on a database of N notifications (default 1M).
 
-Usage: python bench/sendlog_keyset.py [sqlite|postgresql] [ROWS]; prints milliseconds per query.
+Usage: python bench/sendlog_keyset.py [sqlite|postgresql] [ROWS] [--explain]; prints ms per query.
 """
 
 from __future__ import annotations
@@ -76,9 +76,20 @@ def timed(session: Session, filters: sendlog.Filters, cursor: str | None = None)
     return statistics.median(runs)
 
 
+def explain(session: Session, filters: sendlog.Filters, cursor: str | None) -> str:
+    stmt = sendlog.query(session, filters)
+    if cursor:
+        stmt = sendlog.after(stmt, sendlog.decode_cursor(cursor))
+    sql = str(stmt.limit(51).compile(session.get_bind(), compile_kwargs={"literal_binds": True}))
+    postgres = session.get_bind().dialect.name == "postgresql"
+    prefix = "EXPLAIN " if postgres else "EXPLAIN QUERY PLAN "
+    return " | ".join(str(r[-1]) for r in session.execute(text(prefix + sql)))
+
+
 def main() -> None:
-    backend = sys.argv[1] if len(sys.argv) > 1 else "sqlite"
-    rows = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    backend = args[0] if args else "sqlite"
+    rows = int(args[1]) if len(args) > 1 else 1_000_000
     admin = None
     if backend == "postgresql":
         name = f"dn_bench_{uuid.uuid4().hex[:6]}"
@@ -116,6 +127,8 @@ def main() -> None:
             }
             for label, (filters, cursor) in cases.items():
                 print(f"  {label:34} {timed(session, filters, cursor):8.2f} ms")
+                if "--explain" in sys.argv:
+                    print("    " + explain(session, filters, cursor))
         engine.dispose()
     finally:
         if admin is not None:

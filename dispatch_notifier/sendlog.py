@@ -163,7 +163,8 @@ def query(session: Session, filters: Filters) -> Select[tuple[Notification]]:
     return stmt
 
 
-def _after(stmt: Select[tuple[Notification]], cursor: tuple[datetime, int]) -> Select[Any]:
+def after(stmt: Select[tuple[Notification]], cursor: tuple[datetime, int]) -> Select[Any]:
+    """Narrow `stmt` to the rows after `cursor` in the log's order (newest first)."""
     created, row_id = cursor
     # `created_at <= c` gives both databases an index range; the OR only trims the tie.
     return stmt.where(
@@ -187,7 +188,7 @@ def page(
     """One page of the log: up to `limit` rows after `cursor`, and the cursor for the next."""
     stmt = query(session, filters)
     if cursor:
-        stmt = _after(stmt, decode_cursor(cursor))
+        stmt = after(stmt, decode_cursor(cursor))
     rows = list(session.scalars(stmt.limit(limit + 1)).unique())
     more = len(rows) > limit
     rows = rows[:limit]

@@ -152,3 +152,15 @@ def logout() -> Any:
     session.clear()
     flash("You are logged out.", "info")
     return redirect(url_for("admin.login"))
+
+
+@bp.errorhandler(404)
+def _not_found(_exc: Exception) -> Any:
+    return (
+        render_template(
+            "admin/error.html",
+            title="Not found",
+            message="There is nothing here: it may have been removed, or the link is mistyped.",
+        ),
+        404,
+    )
