@@ -309,3 +309,20 @@ def test_resend_of_an_unknown_outcome_warns_it_may_have_arrived(app):
     client, _ = logged_in(app)
     nid = add_notification(app, status="unknown")
     assert "may already have reached the customer" in client.get(f"/admin/log/{nid}/resend").text
+
+
+def test_pausing_a_template_is_audited_and_skips_its_messages(app):
+    from dispatch_notifier.worker import Worker
+    from tests.conftest import fulfillment, post_shopify
+
+    client, token = logged_in(app)
+    client.post(EDITOR + "/enabled", data={"enabled": "no", "csrf_token": token})
+    assert "paused" in client.get(EDITOR).text
+    post_shopify(app.test_client(), fulfillment())
+    Worker(app).run_until_idle()
+    with get_db(app).session() as session:
+        row = session.scalars(select(Notification)).one()
+        assert (row.status, row.error) == ("skipped", "template disabled")
+    client.post(EDITOR + "/enabled", data={"enabled": "yes", "csrf_token": token})
+    actions = [a for _, a, _ in audit_actions(app)]
+    assert actions == ["template_disable", "template_enable"]

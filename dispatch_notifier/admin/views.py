@@ -326,6 +326,27 @@ def save_template(kind: str, locale: str) -> Any:
     return redirect(url_for("admin.edit_template", kind=kind, locale=locale))
 
 
+@bp.post("/templates/<kind>/<locale>/enabled")
+def set_template_enabled(kind: str, locale: str) -> Any:
+    """Pause or resume a template: while paused, its messages are skipped with that reason."""
+    template = _template(kind, locale)
+    if template is None:
+        abort(404)
+    template.enabled = request.form.get("enabled") == "yes"
+    audit(
+        "template_enable" if template.enabled else "template_disable",
+        f"template:{kind}/{locale}",
+    )
+    get_session().commit()
+    flash(
+        "Messages are sent with this template again."
+        if template.enabled
+        else "Paused: new messages for this template are skipped, not sent.",
+        "success" if template.enabled else "info",
+    )
+    return redirect(url_for("admin.edit_template", kind=kind, locale=locale))
+
+
 @bp.post("/templates/preview")
 def preview_json() -> Response:
     """The live preview and counter of the editor (called as the user types)."""
