@@ -42,10 +42,13 @@ def main() -> None:
 
 
 def init_app(app: Flask) -> None:
+    from dispatch_notifier import users
+
     for command in (serve, worker, db, log, resend, send_test, sources, templates, simulate):
         app.cli.add_command(command)
     for command in source_commands.COMMANDS:
         sources.add_command(command)
+    app.cli.add_command(users.cli)
     from dispatch_notifier.ops_cli import COMMANDS as delivery_rule_commands
 
     for extra in [*_extra_commands, *delivery_rule_commands]:

@@ -25,7 +25,8 @@ class ResendError(Exception):
 
 def resend_notification(session: Session, notification_id: int, actor: str) -> Notification:
     """Queue the notification again (same row, attempts kept) and audit who asked."""
-    row = session.get(Notification, notification_id, with_for_update=True)
+    # OF notifications: the joined source is on the nullable side of an outer join (PostgreSQL).
+    row = session.get(Notification, notification_id, with_for_update={"of": Notification})
     if row is None:
         raise ResendError(f"no notification {notification_id}")
     if row.status == SENDING:

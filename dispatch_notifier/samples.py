@@ -72,3 +72,77 @@ def signed_shopify_fulfillment(
         "X-Shopify-Shop-Domain": "example.myshopify.com",
     }
     return body, headers
+
+
+# One invented dispatch per platform, shaped like what that platform's parser produces, so a
+# template can be previewed with the values each connected shop really supplies.
+PLATFORM_SAMPLES: dict[str, DispatchEvent] = {
+    "shopify": SAMPLE_EVENT,
+    "woocommerce": DispatchEvent(
+        order_id="727",
+        shipment_id="completed",
+        order_number="727",
+        customer_name="Jordan Sample",
+        first_name="Jordan",
+        last_name="Sample",
+        phones=("07911 123456",),
+        country="GB",
+        locale="en",
+        carrier=None,
+        tracking_number=None,
+        tracking_url=None,
+        items=(Item("Ceramic mug", 2),),
+        shop_name="Example Woo Shop",
+    ),
+    "bigcommerce": DispatchEvent(
+        order_id="118",
+        shipment_id="9",
+        order_number="118",
+        customer_name="Sam Placeholder",
+        first_name="Sam",
+        last_name="Placeholder",
+        phones=("+447911123456",),
+        country="GB",
+        carrier="DPD",
+        tracking_number="15501234567890",
+        tracking_url="https://track.dpd.example/15501234567890",
+        items=(Item("Wool scarf", 1),),
+        shop_name="Example BigCommerce Store",
+    ),
+    "shopware": DispatchEvent(
+        order_id="0190a1b2c3d4e5f6a7b8c9d0e1f2a3b4",
+        shipment_id="0190a1b2c3d4e5f6a7b8c9d0e1f2a3b5",
+        order_number="10042",
+        customer_name="Kim Muster",
+        first_name="Kim",
+        last_name="Muster",
+        phones=("+4915112345678",),
+        country="DE",
+        locale="de-DE",
+        carrier="DHL",
+        tracking_number="00340434161094042557",
+        tracking_url="https://www.dhl.de/de/privatkunden/pakete-empfangen/verfolgen.html?piececode=00340434161094042557",
+        items=(Item("Kaffeebecher", 1), Item("Untersetzer", 4)),
+        shop_name="Beispiel Shop",
+    ),
+    "standard": DispatchEvent(
+        order_id="A-2001",
+        shipment_id="A-2001-1",
+        order_number="A-2001",
+        customer_name="Robin Demo",
+        first_name="Robin",
+        last_name="Demo",
+        phones=("+447911123456",),
+        country="GB",
+        carrier="Evri",
+        tracking_number="H01234567890123",
+        tracking_url="https://www.evri.com/track/parcel/H01234567890123",
+        items=(Item("Notebook", 3),),
+        shop_name="Example Store",
+    ),
+}
+
+
+def sample_for(platform: str) -> DispatchEvent:
+    """The sample dispatch of `platform` (Shopify's for a platform without its own)."""
+    return PLATFORM_SAMPLES.get(platform, SAMPLE_EVENT)

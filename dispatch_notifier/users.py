@@ -1,0 +1,171 @@
+"""Console accounts: `users create NAME`, password checks and login rate limiting in the database.
+
+Failed logins are rows in `login_attempts`, so the limit holds across every web process.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import click
+from flask.cli import with_appcontext
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from dispatch_notifier.db import get_db
+from dispatch_notifier.models import LoginAttempt, User, utcnow
+
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD = 8
+WINDOW = timedelta(minutes=15)
+MAX_FAILURES_PER_USER = 5
+MAX_FAILURES_PER_ADDRESS = 20
+# Compared against when the user does not exist, so a wrong name costs as long as a wrong password.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+class UserError(ValueError):
+    """A username or password that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user: User | None
+    limited: bool = False
+
+
+def validate(username: str, password: str) -> None:
+    if not USERNAME.match(username):
+        raise UserError(
+            "a username is 1-64 letters, digits, '.', '_', '@' or '-', starting with a letter "
+            "or digit"
+        )
+    if len(password) < MIN_PASSWORD:
+        raise UserError(f"the password must be at least {MIN_PASSWORD} characters")
+
+
+def create_user(session: Session, username: str, password: str) -> User:
+    """Add a user with a werkzeug (scrypt) password hash; the caller commits."""
+    validate(username, password)
+    if session.scalar(select(User.id).where(User.username == username)):
+        raise UserError(f"a user named {username!r} exists already")
+    user = User(username=username, password_hash=generate_password_hash(password))
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, username: str, password: str) -> User:
+    validate(username, password)
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise UserError(f"no user named {username!r}")
+    user.password_hash = generate_password_hash(password)
+    return user
+
+
+def _keys(username: str, address: str | None) -> tuple[str, str]:
+    return f"user:{username.lower()[:120]}", f"addr:{(address or '-')[:120]}"
+
+
+def is_limited(session: Session, username: str, address: str | None) -> bool:
+    """True while this username or address has too many recent failures."""
+    user_key, addr_key = _keys(username, address)
+    since = utcnow() - WINDOW
+    failures = dict(
+        session.execute(
+            select(LoginAttempt.key, func.count())
+            .where(LoginAttempt.key.in_([user_key, addr_key]), LoginAttempt.attempted_at >= since)
+            .group_by(LoginAttempt.key)
+        ).all()
+    )
+    return (
+        failures.get(user_key, 0) >= MAX_FAILURES_PER_USER
+        or failures.get(addr_key, 0) >= MAX_FAILURES_PER_ADDRESS
+    )
+
+
+def authenticate(
+    session: Session, username: str, password: str, address: str | None
+) -> LoginResult:
+    """Check a login; failures are recorded and rate limited. Commits."""
+    if is_limited(session, username, address):
+        return LoginResult(None, limited=True)
+    user = session.scalar(select(User).where(User.username == username))
+    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    now = utcnow()
+    user_key, addr_key = _keys(username, address)
+    if user is None or not ok:
+        session.add_all([LoginAttempt(key=user_key, attempted_at=now), LoginAttempt(key=addr_key)])
+        # Old rows are useless once outside the window; trimming here keeps the table small.
+        session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - WINDOW))
+        session.commit()
+        return LoginResult(None)
+    session.execute(delete(LoginAttempt).where(LoginAttempt.key == user_key))
+    user.last_login_at = now
+    session.commit()
+    return LoginResult(user)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n")
+
+
+@click.group("users")
+def cli() -> None:
+    """Console accounts (there is no self-registration)."""
+
+
+@cli.command("create")
+@click.argument("name")
+@with_appcontext
+def users_create(name: str) -> None:
+    """Create a console user; the password is prompted twice, or read from stdin's first line."""
+    password = _read_password()
+    with get_db().session() as session:
+        try:
+            create_user(session, name, password)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    click.echo(f"user {name} created; log in at /admin/login")
+
+
+@cli.command("set-password")
+@click.argument("name")
+@with_appcontext
+def users_set_password(name: str) -> None:
+    """Set a new password for a console user (prompted, or stdin's first line)."""
+    password = _read_password()
+    with get_db().session() as session:
+        try:
+            set_password(session, name, password)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+        session.commit()
+    click.echo(f"password of {name} changed")
+
+
+@cli.command("list")
+@with_appcontext
+def users_list() -> None:
+    """List console users and when they last logged in."""
+    with get_db().session() as session:
+        rows = session.scalars(select(User).order_by(User.username)).all()
+        if not rows:
+            click.echo("no users: create one with `dispatch-notifier users create NAME`")
+        for user in rows:
+            last = (
+                user.last_login_at.isoformat(timespec="seconds") if user.last_login_at else "never"
+            )
+            click.echo(f"{user.username}  last login: {last}")
