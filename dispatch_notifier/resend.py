@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.models import (
@@ -17,6 +18,7 @@ from dispatch_notifier.models import (
     Notification,
     utcnow,
 )
+from dispatch_notifier.outbox import NOTIFY_CHANNEL
 
 
 class ResendError(Exception):
@@ -53,5 +55,8 @@ def resend_notification(session: Session, notification_id: int, actor: str) -> N
             detail=json.dumps({"previous_status": previous}),
         )
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # Wake idle workers now rather than at their next poll (delivered on commit).
+        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     session.commit()
     return row

@@ -11,7 +11,7 @@ import re
 
 from flask import Flask
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from dispatch_notifier import platforms
@@ -53,6 +53,18 @@ def sync_env_sources(app: Flask) -> None:
     wanted = {p: s for p, s in platform_secrets(app.config).items() if p in platforms.names()}
     if not wanted:
         return
+    try:
+        _apply_env_secrets(app, wanted)
+    except OperationalError as exc:
+        # A process starting during a database outage must still come up: webhooks then answer
+        # 503 and /readyz says why. The secrets are applied by the next start or `db upgrade`.
+        log.warning(
+            "could not apply DISPATCH_*_SECRET settings: database unavailable (%s)",
+            type(exc).__name__,
+        )
+
+
+def _apply_env_secrets(app: Flask, wanted: dict[str, str]) -> None:
     db = get_db(app)
     with db.engine.connect() as connection:
         if not inspect(connection).has_table("sources"):

@@ -316,3 +316,26 @@ def test_a_source_timezone_is_used_when_the_number_has_none(app):
     zones = quiet.recipient_zones(None, "Asia/Tokyo")
     assert [z.key for z in zones] == ["Asia/Tokyo"]
     assert [z.key for z in quiet.recipient_zones(None, None)] == ["UTC"]
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_deliberate_resend_wakes_an_idle_postgres_worker(app_factory, fake_dotdigital):
+    from dispatch_notifier.resend import resend_notification
+
+    app = dd_app(app_factory, fake_dotdigital, POLL_INTERVAL=30.0)
+    post_shopify(app.test_client(), fulfillment())
+    Worker(app).run_until_idle()
+    assert len(fake_dotdigital.sent) == 1
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the listener connects; the worker then idles for 30 s
+        with get_db(app).session() as session:
+            [row] = session.scalars(select(Notification)).all()
+            resend_notification(session, row.id, "test")
+        fake_dotdigital.wait_for_sent(2, timeout=5)
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert len(fake_dotdigital.sent) == 2

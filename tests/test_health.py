@@ -39,3 +39,16 @@ def test_webhook_answers_503_when_the_database_is_unreachable(tmp_path):
     response = app.test_client().post("/webhooks/shopify", json={})
     assert response.status_code == 503
     assert response.json["error"] == "database_unavailable"
+
+
+def test_the_app_starts_with_platform_secrets_while_the_database_is_down(tmp_path):
+    app = create_app(
+        {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path),
+            "SHOPIFY_SECRET": "s",
+            "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+        }
+    )
+    assert app.test_client().get("/healthz").status_code == 200
+    assert app.test_client().post("/webhooks/shopify", json={}).status_code == 503
