@@ -1,25 +1,41 @@
 """`dispatch-notifier serve`: gunicorn web processes, plus the sender worker as a child process.
 
-The worker runs in its own process so that gunicorn can fork and restart web workers freely.
+The worker runs in its own process so that gunicorn can fork and restart web workers freely;
+gunicorn's master watches it and starts a new one if it dies.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+log = logging.getLogger(__name__)
 
 
 class GunicornApp(BaseApplication):  # type: ignore[misc]
     """Runs `create_app()` in each gunicorn worker (no preload: engines are made after fork)."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], sender: SenderSupervisor | None = None) -> None:
         self.options = options
+        self.sender = sender
         super().__init__()
+
+    def run(self) -> None:
+        arbiter = _Arbiter(self)
+        arbiter.sender = self.sender
+        try:
+            arbiter.run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load_config(self) -> None:
         for key, value in self.options.items():
@@ -30,6 +46,42 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         from dispatch_notifier import create_app
 
         return create_app()
+
+
+class _Arbiter(Arbiter):  # type: ignore[misc]
+    """gunicorn's master loop, also keeping the embedded sender worker alive."""
+
+    sender: SenderSupervisor | None = None
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        if self.sender is not None:
+            self.sender.check()
+
+
+class SenderSupervisor:
+    """Starts the sender worker process and restarts it, with a growing pause, if it dies."""
+
+    def __init__(self, stop_timeout: float) -> None:
+        self.stop_timeout = stop_timeout
+        self.process = start_worker_process()
+        self.restarts = 0
+        self.next_restart_at = 0.0
+
+    def check(self) -> None:
+        if self.process.poll() is None:
+            return
+        now = time.monotonic()
+        if now < self.next_restart_at:
+            return
+        log.error("the sender worker exited (code %s); starting a new one", self.process.returncode)
+        self.process = start_worker_process()
+        self.restarts += 1
+        # A worker that dies at once (e.g. a bad setting) must not be restarted in a tight loop.
+        self.next_restart_at = now + min(60.0, 2.0**self.restarts)
+
+    def stop(self) -> None:
+        stop_worker_process(self.process, self.stop_timeout)
 
 
 def start_worker_process() -> subprocess.Popen[bytes]:
@@ -58,7 +110,7 @@ def serve(
     stop_timeout: float = 30.0,
 ) -> None:
     """Run until SIGTERM/SIGINT; then the worker gets `stop_timeout` s to finish its sends."""
-    worker = start_worker_process() if with_worker else None
+    sender = SenderSupervisor(stop_timeout) if with_worker else None
     try:
         GunicornApp(
             {
@@ -71,8 +123,9 @@ def serve(
                 "graceful_timeout": 30,
                 "timeout": 60,
                 "keepalive": 5,
-            }
+            },
+            sender,
         ).run()
     finally:
-        if worker is not None:
-            stop_worker_process(worker, stop_timeout)
+        if sender is not None:
+            sender.stop()

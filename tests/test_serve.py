@@ -126,3 +126,35 @@ def test_serve_refuses_to_start_on_an_unmigrated_database(tmp_path):
     result = cli(environment, "serve", "--port", str(free_port()))
     assert result.returncode != 0
     assert "dispatch-notifier db upgrade" in result.stderr
+
+
+def test_serve_restarts_its_sender_worker_if_it_dies(env):
+    process, url = start(env, "--workers", "1")
+
+    def sender_pids() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == process.pid and b"worker" in cmdline:
+                found.append(int(stat.parent.name))
+        return found
+
+    try:
+        [first] = sender_pids()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and sender_pids() in ([], [first]):
+            time.sleep(0.2)
+        [second] = sender_pids()
+        assert second != first
+        assert post_sample(url).status_code == 200
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and [r["status"] for r in log(env)] != ["sent"]:
+            time.sleep(0.2)
+        assert [r["status"] for r in log(env)] == ["sent"]
+    finally:
+        stop(process)
