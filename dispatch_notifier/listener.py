@@ -1,11 +1,13 @@
-"""Wake-ups on PostgreSQL: LISTEN for the outbox's NOTIFY and wake the worker at once.
+"""Wake-ups: the worker hears of new work at once instead of at its next poll.
 
-Polling stays the fallback; if the listening connection drops, it reconnects with a backoff.
+PostgreSQL: LISTEN for the outbox's NOTIFY. SQLite: watch `PRAGMA data_version`, which changes
+whenever another connection commits. Polling stays the fallback on both.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 
@@ -62,3 +64,45 @@ class Listener:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
         self.connected.clear()
+
+
+class DataVersionWatcher:
+    """SQLite's stand-in for LISTEN: a daemon thread that wakes the worker after other commits.
+
+    `PRAGMA data_version` is read without a transaction or a lock, so checking it every few
+    milliseconds costs next to nothing and never gets in the way of the webhook writers.
+    """
+
+    def __init__(self, database_path: str, wake: Callable[[], None], interval: float = 0.02):
+        self.database_path = database_path
+        self.wake = wake
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="data-version", daemon=True)
+
+    def start(self) -> DataVersionWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            connection = sqlite3.connect(self.database_path, check_same_thread=False)
+        except sqlite3.Error as exc:
+            log.warning("cannot watch the SQLite file (%s); polling only", exc)
+            return
+        try:
+            last = None
+            while not self._stop.wait(self.interval):
+                try:
+                    version = connection.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:
+                    continue
+                if last is not None and version != last:
+                    self.wake()
+                last = version
+        finally:
+            connection.close()

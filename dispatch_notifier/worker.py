@@ -94,11 +94,14 @@ class Worker:
         return clean
 
     def _start_listener(self):  # type: ignore[no-untyped-def]
-        if not self.db.is_postgres:
-            return None
-        from dispatch_notifier.listener import Listener
+        from dispatch_notifier.listener import DataVersionWatcher, Listener
 
-        return Listener(self.db.url, self.wake).start()
+        if self.db.is_postgres:
+            return Listener(self.db.url, self.wake).start()
+        path = self.db.engine.url.database
+        if self.db.engine.dialect.name == "sqlite" and path and path != ":memory:":
+            return DataVersionWatcher(path, self.wake).start()
+        return None
 
     def _idle_wait(self) -> float:
         """Sleep until the poll interval, or until the shared gate opens if it is closed."""

@@ -339,3 +339,21 @@ def test_a_deliberate_resend_wakes_an_idle_postgres_worker(app_factory, fake_dot
         worker.stop()
         thread.join(15)
     assert len(fake_dotdigital.sent) == 2
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_sqlite_wakes_an_idle_worker_when_another_process_commits(app_factory, fake_dotdigital):
+    # A long poll interval: only the data_version watcher can make this fast.
+    app = dd_app(app_factory, fake_dotdigital, POLL_INTERVAL=30.0)
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        for i in range(3):
+            post_shopify(app.test_client(), fulfillment(9300 + i, 9400 + i))
+            fake_dotdigital.wait_for_sent(i + 1, timeout=5)
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert len(fake_dotdigital.sent) == 3
