@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,14 @@ DOTDIGITAL_USER = "apiuser-bench@apiconnector.com"
 DOTDIGITAL_PASSWORD = "bench-password"
 WRK_INSTALL_HINT = "wrk is not installed: `apt-get update && apt-get install -y wrk` (Debian)"
 NOT_AVAILABLE = "not available on this build"
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    # Turn SIGTERM into SystemExit so that `finally` blocks stop the servers we started.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
 
 
 # --- command line and output -------------------------------------------------------------------
@@ -463,6 +471,7 @@ def run_wrk(
     connections: int = 16,
     path: str = "/webhooks/shopify",
     repeat: bool = True,
+    until: Callable[[], bool] | None = None,
 ) -> LoadResult:
     """Closed-loop load with wrk; each thread cycles through its own slice of `requests_file`.
 
@@ -485,15 +494,26 @@ def run_wrk(
         str(threads),
         "repeat" if repeat else "once",
     ]
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration + 120, check=False
+    # wrk runs for its whole -d even when every thread has stopped, so when the caller can see
+    # the work is done (`until()`), we end it early with SIGINT, on which it prints its summary.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    line = next(
-        (x for x in completed.stdout.splitlines() if x.startswith("WRKJSON ")),
-        None,
-    )
-    if completed.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({completed.returncode}):\n{completed.stdout}\n{completed.stderr}")
+    deadline = time.monotonic() + duration + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if until is not None and until():
+            time.sleep(0.3)  # let the last answers arrive
+            process.send_signal(signal.SIGINT)
+            break
+    try:
+        stdout, stderr = process.communicate(timeout=max(5.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    line = next((x for x in stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{stdout}\n{stderr}")
     data = json.loads(line[len("WRKJSON ") :])
     seconds = data["duration_us"] / 1e6
     return LoadResult(
@@ -691,6 +711,22 @@ def insert_backlog(url: str, count: int, start: int = 0, batch: int = 1000) -> N
                 connection.execute(Notification.__table__.insert(), rows)
     finally:
         engine.dispose()
+
+
+def deliveries_processed(url: str) -> Callable[[], bool | int]:
+    """A counter of webhook deliveries the service has handled (stored ones plus duplicates)."""
+    engine = create_engine(url)
+
+    def count() -> int:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text("SELECT count(*) + coalesce(sum(duplicates), 0) FROM deliveries")
+                ).scalar()
+                or 0
+            )
+
+    return count
 
 
 def clear_outbox(url: str) -> None:

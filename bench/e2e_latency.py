@@ -71,7 +71,7 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
         settings["POLL_INTERVAL"] = str(args.poll_interval)
     service = common.start_serve(url, folder, workers=2, with_worker=True, **settings)
     rng = random.Random(6)
-    deliveries = common.distinct_deliveries(args.samples + 3, start=40_000_000)
+    deliveries = common.distinct_deliveries(args.samples + 3, start=400_000)
     http = requests.Session()
     direct = requests.Session()
     direct.auth = (common.DOTDIGITAL_USER, common.DOTDIGITAL_PASSWORD)
@@ -84,7 +84,7 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
         common.say(f"{db}: {args.samples} deliveries, one at a time")
         for index, d in enumerate(deliveries[3:], start=3):
             time.sleep(rng.uniform(0.5, 1.5) * args.gap)  # the worker is idle when it arrives
-            number = common.phone_for(40_000_000 + index).lstrip("+")
+            number = common.phone_for(400_000 + index).lstrip("+")
             started = time.time()
             answer = http.post(
                 service.url + "/webhooks/shopify", data=d.body, headers=d.headers(), timeout=10

@@ -31,6 +31,9 @@ function init(args)
     i = i + 1
   end
   filler_request = wrk.format("GET", wrk.path)
+  -- wrk calls request() once on thread 0 before connecting, only to inspect the request; that
+  -- call must not use up a delivery, or one of them would never be posted.
+  inspecting = (id == 0)
   sent = 0
   webhook_responses = 0
   webhook_non2xx = 0
@@ -38,6 +41,10 @@ function init(args)
 end
 
 function request()
+  if inspecting then
+    inspecting = false
+    return posts[1]
+  end
   sent = sent + 1
   if sent > #posts and not repeat_all then
     return filler_request
