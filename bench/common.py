@@ -350,18 +350,29 @@ def dotdigital_settings(fake_url: str) -> dict[str, str]:
 
 def rss_of_tree(pid: int) -> int:
     """Resident memory of a process and all its descendants, in bytes."""
+    return memory_of_tree(pid, pss=False)[0]
+
+
+def memory_of_tree(pid: int, pss: bool = True) -> tuple[int, int]:
+    """(RSS, PSS) of a process and its descendants, in bytes. RSS counts pages that forked
+    processes share once per process; PSS divides each shared page among its sharers."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    rss = proportional = 0
     for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if pss:
+                info = process.memory_full_info()
+                rss += info.rss
+                proportional += info.pss
+            else:
+                rss += process.memory_info().rss
+    return rss, proportional
 
 
 # --- signed Shopify deliveries -----------------------------------------------------------------
@@ -421,9 +432,7 @@ def sign(body: bytes, webhook_id: str) -> Delivery:
 def distinct_deliveries(count: int, start: int = 0) -> list[Delivery]:
     """`count` deliveries, every one distinct: own webhook id, own fulfillment id, own phone."""
     run = uuid.uuid4().hex[:8]
-    return [
-        sign(fulfillment_body(i, run), f"bench-{run}-{i}") for i in range(start, start + count)
-    ]
+    return [sign(fulfillment_body(i, run), f"bench-{run}-{i}") for i in range(start, start + count)]
 
 
 def write_requests(path: Path, deliveries: Sequence[Delivery]) -> Path:
@@ -496,9 +505,7 @@ def run_wrk(
     ]
     # wrk runs for its whole -d even when every thread has stopped, so when the caller can see
     # the work is done (`until()`), we end it early with SIGINT, on which it prints its summary.
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + duration + 120
     while process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-import requests  # noqa: E402
+import common
+import requests
 
-from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital  # noqa: E402
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
 
 TARGET_P50_MS, TARGET_P99_MS = 100.0, 300.0
 
@@ -35,17 +35,27 @@ def main() -> None:
 
     print(f"machine: {common.machine_line()}")
     rows = []
-    with common.workdir(args.keep) as folder, FakeDotdigital(
-        user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD
-    ) as fake:
+    with (
+        common.workdir(args.keep) as folder,
+        FakeDotdigital(user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD) as fake,
+    ):
         for db in common.databases(args):
             with common.scratch_database(db, args.postgres_url, folder) as url:
                 rows.append(run_database(db, url, folder, fake, args))
     common.print_table(
         "End-to-end latency: POST received -> SMS accepted by the fake (idle serve, 1 at a time)",
-        ["database", "samples", "ack p50 ms", "e2e p50 ms", "e2e p99 ms", "e2e max ms",
-         "baseline p50 ms (ack + direct send)", "× baseline (p50)", "lost", "target p50 ≤ 100, "
-         "p99 ≤ 300"],
+        [
+            "database",
+            "samples",
+            "ack p50 ms",
+            "e2e p50 ms",
+            "e2e p99 ms",
+            "e2e max ms",
+            "baseline p50 ms (ack + direct send)",
+            "× baseline (p50)",
+            "lost",
+            "target p50 ≤ 100, p99 ≤ 300",
+        ],
         rows,
     )
     print(f"worker wake-up on this build: {wake_up_mode()}")
@@ -79,7 +89,9 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
     try:
         # Warm-up: the first sends open connections and load templates.
         for d in deliveries[:3]:
-            http.post(service.url + "/webhooks/shopify", data=d.body, headers=d.headers(), timeout=10)
+            http.post(
+                service.url + "/webhooks/shopify", data=d.body, headers=d.headers(), timeout=10
+            )
         fake.wait_for_sent(3, timeout=args.timeout + 5)
         common.say(f"{db}: {args.samples} deliveries, one at a time")
         for index, d in enumerate(deliveries[3:], start=3):
@@ -101,8 +113,11 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
             e2e.append((sms - started) * 1000)
             # Baseline: the same webhook answer time plus one direct send to the fake, now.
             t = time.time()
-            direct.post(f"{fake.url}/v2/sms-messages/send-to/447400999999",
-                        json={"message": "baseline"}, timeout=10)
+            direct.post(
+                f"{fake.url}/v2/sms-messages/send-to/447400999999",
+                json={"message": "baseline"},
+                timeout=10,
+            )
             baseline.append(ack + (time.time() - t) * 1000)
     finally:
         service.stop()
@@ -110,8 +125,18 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
     p99 = common.percentile(e2e, 99)
     ok = bool(e2e) and lost == 0 and p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS  # type: ignore[operator]
     base50 = common.percentile(baseline, 50)
-    return [db, len(e2e), common.percentile(acks, 50), p50, p99, max(e2e) if e2e else None,
-            base50, common.ratio(p50, base50), lost, common.verdict(ok)]
+    return [
+        db,
+        len(e2e),
+        common.percentile(acks, 50),
+        p50,
+        p99,
+        max(e2e) if e2e else None,
+        base50,
+        common.ratio(p50, base50),
+        lost,
+        common.verdict(ok),
+    ]
 
 
 def wait_for(fake: FakeDotdigital, number: str, timeout: float) -> float | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 TARGET_VS_STORE = 0.7
 TARGET_P99_MS = 25.0
@@ -51,19 +51,46 @@ def main() -> None:
 
     common.print_table(
         "Webhook ingestion, closed loop (maximum rate)",
-        ["database", "server", "generator", "req/s", "× (a) bare", "× (b) store", "p50 ms",
-         "p99 ms", "non-2xx", "target"],
+        [
+            "database",
+            "server",
+            "generator",
+            "req/s",
+            "× (a) bare",
+            "× (b) store",
+            "p50 ms",
+            "p99 ms",
+            "non-2xx",
+            "target",
+        ],
         rows,
     )
     common.print_table(
         "Acknowledgement latency at half our maximum rate (open loop, from scheduled send time)",
-        ["database", "server", "rate req/s", "sent", "p50 ms", "p99 ms", "max ms",
-         "generator lag p99 ms", "non-2xx", "target p99 ≤ 25 ms"],
+        [
+            "database",
+            "server",
+            "rate req/s",
+            "sent",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "generator lag p99 ms",
+            "non-2xx",
+            "target p99 ≤ 25 ms",
+        ],
         half_rows,
     )
     common.print_table(
         "Every delivery distinct (server-side counts after the run)",
-        ["database", "2xx answers (warm-up + runs)", "deliveries stored", "accepted", "duplicate", "notifications"],
+        [
+            "database",
+            "2xx answers (warm-up + runs)",
+            "deliveries stored",
+            "accepted",
+            "duplicate",
+            "notifications",
+        ],
         checks,
     )
 
@@ -80,8 +107,9 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
         service = (
             common.start_serve(url, folder, workers=args.workers)
             if server == "app"
-            else common.start_baseline("ok" if server == "bare" else "store", url, folder,
-                                       workers=args.workers)
+            else common.start_baseline(
+                "ok" if server == "bare" else "store", url, folder, workers=args.workers
+            )
         )
         try:
             common.say(f"{db}: {server}: warming up, then {args.duration:.0f}s closed loop")
@@ -89,12 +117,19 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
             common.python_load(service, warm, rate=None, duration=5, connections=4)
             if use_wrk:
                 results[server] = common.run_wrk(
-                    service, closed_file, duration=args.duration, threads=args.threads,
-                    connections=args.connections, repeat=False,
+                    service,
+                    closed_file,
+                    duration=args.duration,
+                    threads=args.threads,
+                    connections=args.connections,
+                    repeat=False,
                 )
             else:
                 results[server] = common.python_load(
-                    service, closed, rate=None, duration=args.duration,
+                    service,
+                    closed,
+                    rate=None,
+                    duration=args.duration,
                     connections=args.connections,
                 )
             if server == "app":
@@ -106,17 +141,29 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
 
     bare, store, app = results["bare"], results["store"], results["app"]
     rows = []
-    for name, label in (("bare", "(a) bare Flask 200"), ("store", "(b) bare Flask INSERT+commit"),
-                        ("app", "dispatch-notifier serve")):
+    for name, label in (
+        ("bare", "(a) bare Flask 200"),
+        ("store", "(b) bare Flask INSERT+commit"),
+        ("app", "dispatch-notifier serve"),
+    ):
         r = results[name]
         ok = None
         if name == "app":
             ok = r.rate >= TARGET_VS_STORE * store.rate and r.non_2xx == 0 and r.errors == 0
-        rows.append([
-            db, label, r.generator, r.rate, common.ratio(r.rate, bare.rate),
-            common.ratio(r.rate, store.rate), r.p50, r.p99, r.non_2xx + r.errors,
-            f"≥ 0.7 × (b): {common.verdict(ok)}" if name == "app" else "",
-        ])
+        rows.append(
+            [
+                db,
+                label,
+                r.generator,
+                r.rate,
+                common.ratio(r.rate, bare.rate),
+                common.ratio(r.rate, store.rate),
+                r.p50,
+                r.p99,
+                r.non_2xx + r.errors,
+                f"≥ 0.7 × (b): {common.verdict(ok)}" if name == "app" else "",
+            ]
+        )
     counts = common.counts_by(url, "SELECT result, count(*) FROM deliveries GROUP BY result")
     check = [
         db,
@@ -136,25 +183,42 @@ def half_rate(db: str, service: common.Service, results, folder: Path, args) -> 
     count = int(rate * args.half_rate_duration) + 10
     common.say(f"{db}: open loop at {rate:.0f} req/s for {args.half_rate_duration:.0f}s")
     app_run = common.python_load(
-        service, common.distinct_deliveries(count, start=20_000_000), rate=rate,
+        service,
+        common.distinct_deliveries(count, start=20_000_000),
+        rate=rate,
         duration=args.half_rate_duration,
     )
     results["app"].extra["half_ok"] = app_run.requests - app_run.non_2xx
     bare = common.start_baseline("ok", "sqlite://", folder, workers=args.workers)
     try:
         bare_run = common.python_load(
-            bare, common.distinct_deliveries(count, start=30_000_000), rate=rate,
+            bare,
+            common.distinct_deliveries(count, start=30_000_000),
+            rate=rate,
             duration=args.half_rate_duration,
         )
     finally:
         bare.stop()
     rows = []
-    for label, r in (("dispatch-notifier serve", app_run), ("(a) bare Flask 200, same rate", bare_run)):
+    for label, r in (
+        ("dispatch-notifier serve", app_run),
+        ("(a) bare Flask 200, same rate", bare_run),
+    ):
         ok = (r.p99 or 0) <= TARGET_P99_MS and r.non_2xx == 0 and r.errors == 0
-        rows.append([
-            db, label, rate, r.requests, r.p50, r.p99, r.max, r.extra["send_lag_p99"],
-            r.non_2xx + r.errors, common.verdict(ok) if label.startswith("dispatch") else "",
-        ])
+        rows.append(
+            [
+                db,
+                label,
+                rate,
+                r.requests,
+                r.p50,
+                r.p99,
+                r.max,
+                r.extra["send_lag_p99"],
+                r.non_2xx + r.errors,
+                common.verdict(ok) if label.startswith("dispatch") else "",
+            ]
+        )
     return rows
 
 

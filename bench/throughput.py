@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-import requests  # noqa: E402
+import common
+import requests
 
-from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital  # noqa: E402
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
 
 TARGET_VS_LIMIT = 0.85
 
@@ -37,9 +37,12 @@ def main() -> None:
 
     print(f"machine: {common.machine_line()}")
     rows, limit_rows = [], []
-    with common.workdir(args.keep) as folder, FakeDotdigital(
-        user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD, latency=args.latency
-    ) as fake:
+    with (
+        common.workdir(args.keep) as folder,
+        FakeDotdigital(
+            user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD, latency=args.latency
+        ) as fake,
+    ):
         for db in common.databases(args):
             with common.scratch_database(db, args.postgres_url, folder) as url:
                 for concurrency, workers in configs:
@@ -47,8 +50,18 @@ def main() -> None:
                 limit_rows.append(rate_limit_check(db, url, folder, fake, args))
     common.print_table(
         f"Send throughput: backlog of {args.backlog}, fake latency {args.latency * 1000:.0f} ms",
-        ["database", "C", "workers", "limit /s", "baseline /s (direct client)", "SMS/s",
-         "× limit", "× baseline", "sent", "target ≥ 0.85 × limit"],
+        [
+            "database",
+            "C",
+            "workers",
+            "limit /s",
+            "baseline /s (direct client)",
+            "SMS/s",
+            "× limit",
+            "× baseline",
+            "sent",
+            "target ≥ 0.85 × limit",
+        ],
         rows,
     )
     common.print_table(
@@ -104,8 +117,9 @@ def start_workers(url: str, folder: Path, fake: FakeDotdigital, workers: int, **
     ]
 
 
-def drain(db: str, url: str, folder: Path, fake: FakeDotdigital, concurrency: int,
-          workers: int, args) -> list:  # type: ignore[no-untyped-def]
+def drain(
+    db: str, url: str, folder: Path, fake: FakeDotdigital, concurrency: int, workers: int, args
+) -> list:  # type: ignore[no-untyped-def]
     limit = concurrency * workers / args.latency
     baseline = direct_baseline(fake, concurrency * workers, 1.0 if args.smoke else 3.0)
     common.clear_outbox(url)
@@ -126,8 +140,18 @@ def drain(db: str, url: str, folder: Path, fake: FakeDotdigital, concurrency: in
     sent = fake.sent
     rate = steady_rate([s.at for s in sent])
     ok = rate is not None and rate >= TARGET_VS_LIMIT * limit and len(sent) == args.backlog
-    return [db, concurrency, workers, limit, baseline, rate, common.ratio(rate, limit),
-            common.ratio(rate, baseline), f"{len(sent)}/{args.backlog}", common.verdict(ok)]
+    return [
+        db,
+        concurrency,
+        workers,
+        limit,
+        baseline,
+        rate,
+        common.ratio(rate, limit),
+        common.ratio(rate, baseline),
+        f"{len(sent)}/{args.backlog}",
+        common.verdict(ok),
+    ]
 
 
 def parse_limit(setting: str) -> tuple[int, float]:
@@ -147,15 +171,19 @@ def rate_limit_check(db: str, url: str, folder: Path, fake: FakeDotdigital, args
     common.insert_backlog(url, backlog, start=500_000)
     fake.reset()
     fake.latency = 0.0
-    procs = start_workers(
-        url, folder, fake, 2, SEND_CONCURRENCY=8, SMS_RATE_LIMIT=args.rate_limit
-    )
+    procs = start_workers(url, folder, fake, 2, SEND_CONCURRENCY=8, SMS_RATE_LIMIT=args.rate_limit)
     try:
         end = time.monotonic() + args.rate_limit_seconds + 10
         while time.monotonic() < end and len(fake.sent) < backlog:
             if any(p.process.poll() is not None for p in procs):
-                return [db, args.rate_limit, "-", "-", "-",
-                        f"worker exited: {procs[0].log_tail(3)}"]
+                return [
+                    db,
+                    args.rate_limit,
+                    "-",
+                    "-",
+                    "-",
+                    f"worker exited: {procs[0].log_tail(3)}",
+                ]
             time.sleep(0.1)
     finally:
         for p in procs:
@@ -167,8 +195,7 @@ def rate_limit_check(db: str, url: str, folder: Path, fake: FakeDotdigital, args
         windows[key] = windows.get(key, 0) + 1
     worst = max(windows.values(), default=0)
     ok = len(fake.sent) > 0 and worst <= count + 1
-    return [db, args.rate_limit, len(fake.sent), worst, f"{count} + 1",
-            common.verdict(ok)]
+    return [db, args.rate_limit, len(fake.sent), worst, f"{count} + 1", common.verdict(ok)]
 
 
 if __name__ == "__main__":
