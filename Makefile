@@ -36,5 +36,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The benchmarks (bench/README.md): needs `wrk` (apt-get install -y wrk) and PostgreSQL.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	bench/run_all.sh $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache .ruff_cache

@@ -113,7 +113,19 @@ def ingest(
     return result
 
 
+SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)
+
+
 def _touch_source(session: Session, source: Source, now: datetime, result: str) -> None:
+    # Every webhook updating the one row of its source made concurrent deliveries queue on that
+    # row's lock until commit; "last event" only needs to be right to the second.
+    last = source.last_event_at
+    if (
+        last is not None
+        and source.last_event_result == result
+        and timedelta(0) <= now - last < SOURCE_TOUCH_INTERVAL
+    ):
+        return
     session.execute(
         update(Source)
         .where(Source.id == source.id)

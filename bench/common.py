@@ -1,0 +1,759 @@
+"""Shared plumbing for the benchmarks: scratch databases, servers, signed requests, load generators.
+
+Every process a benchmark starts is its own process group, stopped by its id when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from dispatch_notifier import create_app, message_templates, migrate
+from dispatch_notifier.db import get_db
+from dispatch_notifier.platforms import hmac_sha256
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_DIR = BENCH_DIR.parent
+TEMPLATES_DIR = PROJECT_DIR / "templates"
+LUA_SCRIPT = BENCH_DIR / "wrk_webhooks.lua"
+DEFAULT_POSTGRES_URL = os.environ.get(
+    "DISPATCH_BENCH_POSTGRES_URL",
+    os.environ.get(
+        "DISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+)
+SHOPIFY_SECRET = "bench-shopify-secret"
+DOTDIGITAL_USER = "apiuser-bench@apiconnector.com"
+DOTDIGITAL_PASSWORD = "bench-password"
+WRK_INSTALL_HINT = "wrk is not installed: `apt-get update && apt-get install -y wrk` (Debian)"
+NOT_AVAILABLE = "not available on this build"
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    # Turn SIGTERM into SystemExit so that `finally` blocks stop the servers we started.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+# --- command line and output -------------------------------------------------------------------
+
+
+def base_parser(description: str, databases: str = "sqlite,postgresql") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--db",
+        default=databases,
+        help=f"comma-separated databases to run on (default: {databases})",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=DEFAULT_POSTGRES_URL,
+        help="a PostgreSQL server where a scratch database is created and dropped",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny run that only shows the script works"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the scratch folder (logs, request files)"
+    )
+    return parser
+
+
+def databases(args: argparse.Namespace) -> list[str]:
+    kinds = [k.strip() for k in args.db.split(",") if k.strip()]
+    unknown = set(kinds) - {"sqlite", "postgresql"}
+    if unknown:
+        sys.exit(f"--db: unknown database {', '.join(sorted(unknown))}")
+    return kinds
+
+
+def machine_line() -> str:
+    """What ran the benchmark, for the table's caption."""
+    load = os.getloadavg()
+    return (
+        f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {load[0]:.1f} at start, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A Markdown table, so a run's output can be pasted into bench/README.md as it is."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "|".join("---" for _ in headers) + "|")
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+    print(flush=True)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "MISSED")
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    if value is None or not base:
+        return None
+    return value / base
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: p99 of 100 values is the 99th)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, int(-(-pct * len(ordered) // 100)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dn-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            say(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- databases ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def scratch_database(kind: str, postgres_url: str, folder: Path) -> Iterator[str]:
+    """A migrated database with the default templates and a `shopify` source; removed after."""
+    if kind == "sqlite":
+        url = f"sqlite:///{folder / f'bench-{uuid.uuid4().hex[:6]}.sqlite3'}"
+        prepare_schema(url, folder)
+        yield url
+        return
+    name = f"dn_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        admin.dispose()
+        raise SystemExit(f"PostgreSQL not reachable at {postgres_url}: {exc}") from None
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        prepare_schema(url, folder)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def prepare_schema(url: str, folder: Path) -> None:
+    migrate.upgrade(url)
+    app = create_app(
+        {
+            "DATABASE_URL": url,
+            "INSTANCE_PATH": str(folder / "instance"),
+            "SECRET_KEY": "bench",
+            "SHOPIFY_SECRET": SHOPIFY_SECRET,
+            "LOG_LEVEL": "WARNING",
+        }
+    )
+    with get_db(app).session() as session:
+        message_templates.seed(session, TEMPLATES_DIR)
+        session.commit()
+    get_db(app).dispose()
+
+
+def scalar(url: str, sql: str, **params: Any) -> Any:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+    finally:
+        engine.dispose()
+
+
+def counts_by(url: str, sql: str) -> dict[str, int]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {str(k): int(v) for k, v in connection.execute(text(sql)).all()}
+    finally:
+        engine.dispose()
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(url: str, folder: Path, **settings: Any) -> dict[str, str]:
+    """The environment of a `dispatch-notifier` process on the scratch database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+    env.update(
+        DISPATCH_DATABASE_URL=url,
+        DISPATCH_INSTANCE_PATH=str(folder / "instance"),
+        DISPATCH_SECRET_KEY="bench-secret-key",
+        DISPATCH_SHOPIFY_SECRET=SHOPIFY_SECRET,
+        DISPATCH_SECURE_COOKIES="false",
+    )
+    env.update({f"DISPATCH_{k}": str(v) for k, v in settings.items() if v is not None})
+    return env
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "dispatch_notifier", *args]
+
+
+@dataclass
+class Service:
+    """A process group we started; `stop()` ends it (SIGTERM, then SIGKILL) by its own id."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def start(
+    name: str, command: list[str], env: dict[str, str], folder: Path, port: int | None = None
+) -> Service:
+    log_path = folder / f"{name}-{uuid.uuid4().hex[:4]}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() reaches its children
+            cwd=PROJECT_DIR,
+        )
+    return Service(name, process, log_path, port)
+
+
+def wait_http(service: Service, path: str = "/healthz", timeout: float = 30.0) -> None:
+    """Wait until the service answers 200 on `path` (bounded by `timeout`)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited early:\n{service.log_tail()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(service.url + path, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    service.stop()
+    raise RuntimeError(f"{service.name} did not answer {path} in {timeout:.0f}s")
+
+
+def start_serve(
+    url: str, folder: Path, workers: int = 2, with_worker: bool = False, **settings: Any
+) -> Service:
+    """`dispatch-notifier serve` on a free port, ready to answer."""
+    port = free_port()
+    command = cli_command("serve", "--port", str(port), "--workers", str(workers))
+    if not with_worker:
+        command.append("--no-worker")
+    service = start("serve", command, service_env(url, folder, **settings), folder, port)
+    wait_http(service)
+    return service
+
+
+def start_baseline(kind: str, url: str, folder: Path, workers: int = 2) -> Service:
+    """A bare Flask app (`ok` or `store`) under the very same gunicorn settings as `serve`."""
+    port = free_port()
+    command = [
+        sys.executable,
+        str(BENCH_DIR / "baseline_app.py"),
+        kind,
+        "--database-url",
+        url,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    service = start(f"baseline-{kind}", command, service_env(url, folder), folder, port)
+    wait_http(service)
+    return service
+
+
+def dotdigital_settings(fake_url: str) -> dict[str, str]:
+    return {
+        "SMS_BACKEND": "dotdigital",
+        "DOTDIGITAL_API_URL": fake_url,
+        "DOTDIGITAL_USER": DOTDIGITAL_USER,
+        "DOTDIGITAL_PASSWORD": DOTDIGITAL_PASSWORD,
+    }
+
+
+def rss_of_tree(pid: int) -> int:
+    """Resident memory of a process and all its descendants, in bytes."""
+    return memory_of_tree(pid, pss=False)[0]
+
+
+def memory_of_tree(pid: int, pss: bool = True) -> tuple[int, int]:
+    """(RSS, PSS) of a process and its descendants, in bytes. RSS counts pages that forked
+    processes share once per process; PSS divides each shared page among its sharers."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    rss = proportional = 0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            if pss:
+                info = process.memory_full_info()
+                rss += info.rss
+                proportional += info.pss
+            else:
+                rss += process.memory_info().rss
+    return rss, proportional
+
+
+# --- signed Shopify deliveries -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    webhook_id: str
+    hmac: str
+    body: bytes
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": "fulfillments/create",
+            "X-Shopify-Hmac-Sha256": self.hmac,
+            "X-Shopify-Webhook-Id": self.webhook_id,
+            "X-Shopify-Shop-Domain": "bench.myshopify.com",
+        }
+
+
+def phone_for(index: int) -> str:
+    """A distinct valid UK mobile number per index (the +447400 range is mobile)."""
+    return f"+447400{index % 1_000_000:06d}"
+
+
+def fulfillment_body(index: int, run: str) -> bytes:
+    """A distinct `fulfillments/create` body: its own fulfillment id, order and phone."""
+    payload = {
+        "id": 7_000_000_000_000 + index,
+        "order_id": 8_000_000_000_000 + index,
+        "name": f"#B{index}.1",
+        "status": "success",
+        "tracking_company": "Royal Mail",
+        "tracking_number": f"RM{index:09d}GB",
+        "tracking_numbers": [f"RM{index:09d}GB"],
+        "tracking_url": f"https://track.example.com/RM{index:09d}GB",
+        "tracking_urls": [f"https://track.example.com/RM{index:09d}GB"],
+        "destination": {
+            "first_name": "Alex",
+            "last_name": "Example",
+            "name": "Alex Example",
+            "phone": phone_for(index),
+            "country_code": "GB",
+        },
+        "line_items": [{"id": 1, "title": "Linen shirt", "quantity": 1}],
+        "note": f"bench run {run}",
+    }
+    return json.dumps(payload).encode()
+
+
+def sign(body: bytes, webhook_id: str) -> Delivery:
+    digest = base64.b64encode(hmac_sha256(SHOPIFY_SECRET, body)).decode()
+    return Delivery(webhook_id, digest, body)
+
+
+def distinct_deliveries(count: int, start: int = 0) -> list[Delivery]:
+    """`count` deliveries, every one distinct: own webhook id, own fulfillment id, own phone."""
+    run = uuid.uuid4().hex[:8]
+    return [sign(fulfillment_body(i, run), f"bench-{run}-{i}") for i in range(start, start + count)]
+
+
+def write_requests(path: Path, deliveries: Sequence[Delivery]) -> Path:
+    """One delivery per line, `webhook id <TAB> signature <TAB> body`, for the wrk Lua script."""
+    with open(path, "wb") as fh:
+        for d in deliveries:
+            assert b"\t" not in d.body and b"\n" not in d.body
+            fh.write(f"{d.webhook_id}\t{d.hmac}\t".encode() + d.body + b"\n")
+    return path
+
+
+# --- wrk ---------------------------------------------------------------------------------------
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+@dataclass
+class LoadResult:
+    """What a load run measured; latencies in milliseconds."""
+
+    generator: str
+    requests: int
+    seconds: float
+    non_2xx: int
+    errors: int
+    p50: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def run_wrk(
+    service: Service,
+    requests_file: Path,
+    *,
+    duration: float,
+    threads: int = 2,
+    connections: int = 16,
+    path: str = "/webhooks/shopify",
+    repeat: bool = True,
+    until: Callable[[], bool] | None = None,
+) -> LoadResult:
+    """Closed-loop load with wrk; each thread cycles through its own slice of `requests_file`.
+
+    With `repeat=False` each thread stops after its slice, so no delivery is posted twice.
+    """
+    if not have_wrk():
+        raise SystemExit(WRK_INSTALL_HINT)
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_SCRIPT),
+        service.url + path,
+        "--",
+        str(requests_file),
+        str(threads),
+        "repeat" if repeat else "once",
+    ]
+    # wrk runs for its whole -d even when every thread has stopped, so when the caller can see
+    # the work is done (`until()`), we end it early with SIGINT, on which it prints its summary.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + duration + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        if until is not None and until():
+            time.sleep(0.3)  # let the last answers arrive
+            process.send_signal(signal.SIGINT)
+            break
+    try:
+        stdout, stderr = process.communicate(timeout=max(5.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+    line = next((x for x in stdout.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed ({process.returncode}):\n{stdout}\n{stderr}")
+    data = json.loads(line[len("WRKJSON ") :])
+    seconds = data["duration_us"] / 1e6
+    return LoadResult(
+        "wrk",
+        requests=int(data["webhook_responses"]),
+        seconds=seconds,
+        non_2xx=int(data["webhook_non2xx"]),
+        errors=int(data["connect"] + data["read"] + data["write"] + data["timeout"]),
+        p50=data["p50_us"] / 1000,
+        p90=data["p90_us"] / 1000,
+        p99=data["p99_us"] / 1000,
+        max=data["max_us"] / 1000,
+        extra={"filler": int(data["filler"]), "raw": data},
+    )
+
+
+# --- a bounded open-loop generator in Python ---------------------------------------------------
+
+
+def _raw_request(host: str, port: int, path: str, delivery: Delivery) -> bytes:
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}"]
+    head += [f"{k}: {v}" for k, v in delivery.headers().items()]
+    head.append(f"Content-Length: {len(delivery.body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + delivery.body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    status_line = await reader.readline()
+    if not status_line:
+        raise ConnectionResetError("closed by server")
+    status = int(status_line.split()[1])
+    length, close = 0, False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value.strip())
+        elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+            close = True
+    if length:
+        await reader.readexactly(length)
+    return status, close
+
+
+async def _load(
+    host: str,
+    port: int,
+    path: str,
+    deliveries: Sequence[Delivery],
+    rate: float | None,
+    duration: float,
+    connections: int,
+) -> tuple[list[tuple[float, float, float, int]], int, float]:
+    raws = [_raw_request(host, port, path, d) for d in deliveries]
+    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+    results: list[tuple[float, float, float, int]] = []  # scheduled, sent, done, status
+    errors = 0
+    start = time.perf_counter()
+    stop_at = start + duration
+    next_index = 0
+
+    def closed_loop_next() -> tuple[float, bytes] | None:
+        nonlocal next_index
+        now = time.perf_counter()
+        if now >= stop_at or next_index >= len(raws):
+            return None
+        next_index += 1
+        return now, raws[next_index - 1]
+
+    async def connection_worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while True:
+                item = await queue.get() if rate else closed_loop_next()
+                if item is None:
+                    return
+                scheduled, raw = item
+                for _try in range(2):  # one reconnect: an idle keep-alive may have been closed
+                    sent = time.perf_counter()
+                    try:
+                        writer.write(raw)
+                        await writer.drain()
+                        status, close = await _read_response(reader)
+                        break
+                    except (ConnectionError, asyncio.IncompleteReadError):
+                        writer.close()
+                        reader, writer = await asyncio.open_connection(host, port)
+                else:
+                    errors += 1
+                    continue
+                results.append((scheduled, sent, time.perf_counter(), status))
+                if close:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+        finally:
+            writer.close()
+
+    workers = [asyncio.ensure_future(connection_worker()) for _ in range(connections)]
+    if rate:
+        for i, raw in enumerate(raws):
+            scheduled = start + i / rate
+            if scheduled >= stop_at:
+                break
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            queue.put_nowait((scheduled, raw))
+        for _ in workers:
+            queue.put_nowait(None)
+    await asyncio.gather(*workers)
+    return results, errors, time.perf_counter() - start
+
+
+def python_load(
+    service: Service,
+    deliveries: Sequence[Delivery],
+    *,
+    rate: float | None,
+    duration: float,
+    connections: int = 32,
+    path: str = "/webhooks/shopify",
+) -> LoadResult:
+    """Open loop at `rate` requests/s (latency counted from each request's scheduled time, so a
+    slow server cannot hide queueing), or closed loop when `rate` is None. Bounded by `duration`
+    and by the number of deliveries given."""
+    results, errors, seconds = asyncio.run(
+        _load("127.0.0.1", service.port or 0, path, deliveries, rate, duration, connections)
+    )
+    latencies = [(done - scheduled) * 1000 for scheduled, _sent, done, _status in results]
+    lags = [(sent - scheduled) * 1000 for scheduled, sent, _done, _status in results]
+    non_2xx = sum(1 for *_rest, status in results if not 200 <= status < 300)
+    return LoadResult(
+        "python-open-loop" if rate else "python-closed-loop",
+        requests=len(results),
+        seconds=seconds,
+        non_2xx=non_2xx,
+        errors=errors,
+        p50=percentile(latencies, 50),
+        p90=percentile(latencies, 90),
+        p99=percentile(latencies, 99),
+        max=max(latencies) if latencies else None,
+        extra={"send_lag_p99": percentile(lags, 99), "target_rate": rate},
+    )
+
+
+def generator_name(use_wrk: bool) -> str:
+    return "wrk" if use_wrk else "python-closed-loop"
+
+
+# --- a backlog written straight into the outbox ------------------------------------------------
+
+
+def insert_backlog(url: str, count: int, start: int = 0, batch: int = 1000) -> None:
+    """`count` pending notifications for the `shopify` source, each to its own number."""
+    from dispatch_notifier.models import Notification, utcnow
+    from dispatch_notifier.samples import SAMPLE_EVENT
+
+    engine = create_engine(url)
+    now = utcnow()
+    try:
+        with engine.begin() as connection:
+            source_id = connection.execute(
+                text("SELECT id FROM sources WHERE name = 'shopify'")
+            ).scalar_one()
+            rows = []
+            for i in range(start, start + count):
+                event = SAMPLE_EVENT.with_changes(
+                    order_id=f"9{i:012d}",
+                    shipment_id=f"7{i:012d}",
+                    order_number=f"B{i}",
+                    phones=(phone_for(i),),
+                )
+                rows.append(
+                    {
+                        "source_id": source_id,
+                        "order_id": event.order_id,
+                        "shipment_id": event.shipment_id,
+                        "kind": event.kind,
+                        "order_number": event.order_number,
+                        "event": event.to_json(),
+                        "status": "pending",
+                        "attempts": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                if len(rows) >= batch:
+                    connection.execute(Notification.__table__.insert(), rows)
+                    rows = []
+            if rows:
+                connection.execute(Notification.__table__.insert(), rows)
+    finally:
+        engine.dispose()
+
+
+def deliveries_processed(url: str) -> Callable[[], bool | int]:
+    """A counter of webhook deliveries the service has handled (stored ones plus duplicates)."""
+    engine = create_engine(url)
+
+    def count() -> int:
+        with engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text("SELECT count(*) + coalesce(sum(duplicates), 0) FROM deliveries")
+                ).scalar()
+                or 0
+            )
+
+    return count
+
+
+def clear_outbox(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DELETE FROM attempts"))
+            connection.execute(text("DELETE FROM notifications"))
+            connection.execute(text("DELETE FROM deliveries"))
+    finally:
+        engine.dispose()
+
+
+def feature_in_code(setting: str, exclude: tuple[str, ...] = ("config.py",)) -> bool:
+    """Whether any module other than the settings table reads `setting` (merged or not yet)."""
+    import dispatch_notifier
+
+    package = Path(dispatch_notifier.__file__).parent
+    return any(
+        setting in p.read_text(errors="replace")
+        for p in package.rglob("*.py")
+        if p.name not in exclude
+    )

@@ -1,0 +1,154 @@
+"""Benchmark 2, end-to-end latency: webhook received -> SMS accepted by a local fake Dotdigital.
+
+One idle `serve` (web + embedded worker); deliveries posted one at a time with idle gaps between;
+the baseline in the same run is the webhook's own answer time plus one direct call to the fake.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import requests
+
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
+
+TARGET_P50_MS, TARGET_P99_MS = 100.0, 300.0
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__ or "")
+    parser.add_argument("--samples", type=int, default=40, help="deliveries per database")
+    parser.add_argument("--gap", type=float, default=0.4, help="mean idle seconds between posts")
+    parser.add_argument(
+        "--poll-interval", type=float, default=None, help="DISPATCH_POLL_INTERVAL (default: unset)"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="longest wait for one SMS")
+    args = parser.parse_args()
+    if args.smoke:
+        args.samples, args.gap = 3, 0.1
+
+    print(f"machine: {common.machine_line()}")
+    rows = []
+    with (
+        common.workdir(args.keep) as folder,
+        FakeDotdigital(user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD) as fake,
+    ):
+        for db in common.databases(args):
+            with common.scratch_database(db, args.postgres_url, folder) as url:
+                rows.append(run_database(db, url, folder, fake, args))
+    common.print_table(
+        "End-to-end latency: POST received -> SMS accepted by the fake (idle serve, 1 at a time)",
+        [
+            "database",
+            "samples",
+            "ack p50 ms",
+            "e2e p50 ms",
+            "e2e p99 ms",
+            "e2e max ms",
+            "baseline p50 ms (ack + direct send)",
+            "× baseline (p50)",
+            "lost",
+            "target p50 ≤ 100, p99 ≤ 300",
+        ],
+        rows,
+    )
+    print(f"worker wake-up on this build: {wake_up_mode()}")
+
+
+def wake_up_mode() -> str:
+    """Whether the worker listens for new work (issue 4) or only polls."""
+    import dispatch_notifier
+
+    package = Path(dispatch_notifier.__file__).parent
+    listens = any(
+        "LISTEN" in p.read_text() and "NOTIFY" in p.read_text()
+        for p in package.rglob("*.py")
+        if p.name not in ("outbox.py",)
+    )
+    return "LISTEN/NOTIFY present" if listens else "polling only (DISPATCH_POLL_INTERVAL)"
+
+
+def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> list:  # type: ignore[no-untyped-def]
+    fake.reset()
+    settings = common.dotdigital_settings(fake.url)
+    if args.poll_interval is not None:
+        settings["POLL_INTERVAL"] = str(args.poll_interval)
+    service = common.start_serve(url, folder, workers=2, with_worker=True, **settings)
+    rng = random.Random(6)
+    deliveries = common.distinct_deliveries(args.samples + 3, start=400_000)
+    http = requests.Session()
+    direct = requests.Session()
+    direct.auth = (common.DOTDIGITAL_USER, common.DOTDIGITAL_PASSWORD)
+    acks, e2e, baseline, lost = [], [], [], 0
+    try:
+        # Warm-up: the first sends open connections and load templates.
+        for d in deliveries[:3]:
+            http.post(
+                service.url + "/webhooks/shopify", data=d.body, headers=d.headers(), timeout=10
+            )
+        fake.wait_for_sent(3, timeout=args.timeout + 5)
+        common.say(f"{db}: {args.samples} deliveries, one at a time")
+        for index, d in enumerate(deliveries[3:], start=3):
+            time.sleep(rng.uniform(0.5, 1.5) * args.gap)  # the worker is idle when it arrives
+            number = common.phone_for(400_000 + index).lstrip("+")
+            started = time.time()
+            answer = http.post(
+                service.url + "/webhooks/shopify", data=d.body, headers=d.headers(), timeout=10
+            )
+            ack = (time.time() - started) * 1000
+            if answer.status_code != 200:
+                lost += 1
+                continue
+            sms = wait_for(fake, number, args.timeout)
+            if sms is None:
+                lost += 1
+                continue
+            acks.append(ack)
+            e2e.append((sms - started) * 1000)
+            # Baseline: the same webhook answer time plus one direct send to the fake, now.
+            t = time.time()
+            direct.post(
+                f"{fake.url}/v2/sms-messages/send-to/447400999999",
+                json={"message": "baseline"},
+                timeout=10,
+            )
+            baseline.append(ack + (time.time() - t) * 1000)
+    finally:
+        service.stop()
+    p50 = common.percentile(e2e, 50)
+    p99 = common.percentile(e2e, 99)
+    ok = bool(e2e) and lost == 0 and p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS  # type: ignore[operator]
+    base50 = common.percentile(baseline, 50)
+    return [
+        db,
+        len(e2e),
+        common.percentile(acks, 50),
+        p50,
+        p99,
+        max(e2e) if e2e else None,
+        base50,
+        common.ratio(p50, base50),
+        lost,
+        common.verdict(ok),
+    ]
+
+
+def wait_for(fake: FakeDotdigital, number: str, timeout: float) -> float | None:
+    """When the fake accepted the SMS to `number` (its own clock), or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = fake.sent_to(number)
+        if found:
+            return found[0].at
+        time.sleep(0.002)
+    return None
+
+
+if __name__ == "__main__":
+    main()

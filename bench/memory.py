@@ -1,0 +1,179 @@
+"""Benchmark 6, memory: resident memory of `serve` (master, web workers, sender worker) under load.
+
+Posts distinct deliveries that the embedded worker sends to a local fake; samples the process tree's
+RSS throughout. Baseline in the same run: the same tree idle right after start.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
+
+TARGET_PEAK_MB = 150.0
+GROWTH_TOLERANCE = 0.05  # allocator noise; more than 5% between checkpoints counts as growth
+MB = 1024 * 1024
+
+
+class Sampler:
+    """Samples the RSS of a process tree every `interval` seconds, keeping the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak = 0
+        self.peak_pss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            rss, pss = common.memory_of_tree(self.pid)
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__ or "", databases="sqlite")
+    parser.add_argument("--events", type=int, default=5000, help="deliveries in total")
+    parser.add_argument(
+        "--checkpoint",
+        type=int,
+        default=None,
+        help="growth is measured from here to the end (default: events / 5)",
+    )
+    parser.add_argument("--drain-timeout", type=float, default=900.0)
+    parser.add_argument("--workers", type=int, default=2, help="serve --workers (web processes)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.events = 100
+    args.checkpoint = args.checkpoint or max(1, args.events // 5)
+    if not common.have_wrk():
+        common.say(f"{common.WRK_INSTALL_HINT}; using the Python closed-loop generator instead")
+
+    print(f"machine: {common.machine_line()}")
+    rows, parts = [], []
+    with (
+        common.workdir(args.keep) as folder,
+        FakeDotdigital(user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD) as fake,
+    ):
+        for db in common.databases(args):
+            with common.scratch_database(db, args.postgres_url, folder) as url:
+                row, part = run(db, url, folder, fake, args)
+                rows.append(row)
+                parts += part
+    common.print_table(
+        f"Memory of `serve` (all its processes) over {args.events:,} events",
+        [
+            "database",
+            "web workers",
+            "idle RSS MB (baseline)",
+            f"RSS after {args.checkpoint:,}",
+            f"RSS after {args.events:,}",
+            "growth MB",
+            "peak RSS MB",
+            "peak × idle",
+            "peak PSS MB",
+            "SMS sent",
+            "target peak RSS ≤ 150 MB, no growth",
+        ],
+        rows,
+    )
+    common.print_table(
+        "Memory by process at the end", ["database", "process", "RSS MB", "PSS MB"], parts
+    )
+
+
+def post(service: common.Service, url: str, folder: Path, deliveries, name: str) -> None:  # type: ignore[no-untyped-def]
+    if common.have_wrk():
+        path = common.write_requests(folder / f"{name}.tsv", deliveries)
+        processed = common.deliveries_processed(url)
+        goal = processed() + len(deliveries)
+        common.run_wrk(
+            service,
+            path,
+            duration=3600,
+            threads=2,
+            connections=8,
+            repeat=False,
+            until=lambda: processed() >= goal,
+        )
+    else:
+        common.python_load(service, deliveries, rate=None, duration=3600, connections=8)
+
+
+def drained(fake: FakeDotdigital, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(fake.sent) < count and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(1.0)  # let the worker record the last outcomes
+
+
+def run(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> tuple[list, list]:  # type: ignore[no-untyped-def]
+    import psutil
+
+    fake.reset()
+    service = common.start_serve(
+        url, folder, workers=args.workers, with_worker=True, **common.dotdigital_settings(fake.url)
+    )
+    try:
+        time.sleep(2.0)  # the worker child imports and connects
+        idle = common.rss_of_tree(service.process.pid)
+        sampler = Sampler(service.process.pid)
+        first = common.distinct_deliveries(args.checkpoint, start=700_000)
+        common.say(f"{db}: {args.checkpoint:,} events")
+        post(service, url, folder, first, f"first-{db}")
+        drained(fake, args.checkpoint, args.drain_timeout)
+        at_checkpoint = common.rss_of_tree(service.process.pid)
+        rest = common.distinct_deliveries(
+            args.events - args.checkpoint, start=700_000 + args.checkpoint
+        )
+        common.say(f"{db}: {len(rest):,} more events")
+        post(service, url, folder, rest, f"rest-{db}")
+        drained(fake, args.events, args.drain_timeout)
+        at_end = common.rss_of_tree(service.process.pid)
+        sampler.stop()
+        root = psutil.Process(service.process.pid)
+        parts = []
+        for proc in [root, *root.children(recursive=True)]:
+            cmd = " ".join(proc.cmdline()[2:5])
+            role = (
+                "gunicorn master"
+                if proc.pid == root.pid
+                else ("sender worker" if "worker" in cmd and "serve" not in cmd else "web worker")
+            )
+            info = proc.memory_full_info()
+            parts.append([db, f"{role} (pid {proc.pid})", info.rss / MB, info.pss / MB])
+    finally:
+        service.stop()
+    peak = max(sampler.peak, at_end, at_checkpoint)
+    growth = at_end - at_checkpoint
+    ok = peak / MB <= TARGET_PEAK_MB and growth <= GROWTH_TOLERANCE * at_checkpoint
+    return [
+        db,
+        args.workers,
+        idle / MB,
+        at_checkpoint / MB,
+        at_end / MB,
+        growth / MB,
+        peak / MB,
+        common.ratio(peak, idle),
+        sampler.peak_pss / MB,
+        len(fake.sent),
+        common.verdict(ok),
+    ], parts
+
+
+if __name__ == "__main__":
+    main()

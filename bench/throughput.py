@@ -1,0 +1,202 @@
+"""Benchmark 3, send throughput: a backlog drained by `dispatch-notifier worker` processes.
+
+The fake Dotdigital answers after 100 ms, so the limit is C × workers / 0.1 s; a plain client with
+the same number of threads calling the fake directly is the baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+import requests
+
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
+
+TARGET_VS_LIMIT = 0.85
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__ or "", databases="postgresql")
+    parser.add_argument("--backlog", type=int, default=1000, help="notifications per run")
+    parser.add_argument("--latency", type=float, default=0.1, help="the fake's answer delay (s)")
+    parser.add_argument(
+        "--configs", default="8x1,8x2,32x1,32x2", help="CONCURRENCYxWORKERS, comma-separated"
+    )
+    parser.add_argument("--rate-limit", default="20/second", help="DISPATCH_SMS_RATE_LIMIT check")
+    parser.add_argument("--rate-limit-seconds", type=float, default=6.0)
+    args = parser.parse_args()
+    if args.smoke:
+        args.backlog, args.configs, args.rate_limit_seconds = 40, "8x1", 2.0
+    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+
+    print(f"machine: {common.machine_line()}")
+    rows, limit_rows = [], []
+    with (
+        common.workdir(args.keep) as folder,
+        FakeDotdigital(
+            user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD, latency=args.latency
+        ) as fake,
+    ):
+        for db in common.databases(args):
+            with common.scratch_database(db, args.postgres_url, folder) as url:
+                for concurrency, workers in configs:
+                    rows.append(drain(db, url, folder, fake, concurrency, workers, args))
+                limit_rows.append(rate_limit_check(db, url, folder, fake, args))
+    common.print_table(
+        f"Send throughput: backlog of {args.backlog}, fake latency {args.latency * 1000:.0f} ms",
+        [
+            "database",
+            "C",
+            "workers",
+            "limit /s",
+            "baseline /s (direct client)",
+            "SMS/s",
+            "× limit",
+            "× baseline",
+            "sent",
+            "target ≥ 0.85 × limit",
+        ],
+        rows,
+    )
+    common.print_table(
+        "Shared rate limit (DISPATCH_SMS_RATE_LIMIT), as seen at the fake",
+        ["database", "setting", "sent", "max per window", "allowed", "result"],
+        limit_rows,
+    )
+
+
+def steady_rate(times: list[float]) -> float | None:
+    """Sends per second between the 10th and 90th percentile send (start-up and tail excluded)."""
+    times = sorted(times)
+    if len(times) < 10:
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
+    lo, hi = int(len(times) * 0.1), int(len(times) * 0.9)
+    span = times[hi] - times[lo]
+    return (hi - lo) / span if span > 0 else None
+
+
+def direct_baseline(fake: FakeDotdigital, threads: int, seconds: float) -> float:
+    """Sends per second a plain threaded client gets from the fake: the reachable ceiling."""
+    fake.reset()
+    stop = time.monotonic() + seconds
+    done = [0] * threads
+
+    def client(slot: int) -> None:
+        with requests.Session() as session:
+            session.auth = (common.DOTDIGITAL_USER, common.DOTDIGITAL_PASSWORD)
+            while time.monotonic() < stop:
+                session.post(
+                    f"{fake.url}/v2/sms-messages/send-to/447400999999",
+                    json={"message": "baseline"},
+                    timeout=10,
+                )
+                done[slot] += 1
+
+    started = time.monotonic()
+    pool = [threading.Thread(target=client, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    rate = sum(done) / (time.monotonic() - started)
+    fake.reset()
+    return rate
+
+
+def start_workers(url: str, folder: Path, fake: FakeDotdigital, workers: int, **settings) -> list:  # type: ignore[no-untyped-def]
+    env = common.service_env(url, folder, **common.dotdigital_settings(fake.url), **settings)
+    return [
+        common.start(f"worker{i}", common.cli_command("worker"), env, folder)
+        for i in range(workers)
+    ]
+
+
+def drain(
+    db: str, url: str, folder: Path, fake: FakeDotdigital, concurrency: int, workers: int, args
+) -> list:  # type: ignore[no-untyped-def]
+    limit = concurrency * workers / args.latency
+    baseline = direct_baseline(fake, concurrency * workers, 1.0 if args.smoke else 3.0)
+    common.clear_outbox(url)
+    common.insert_backlog(url, args.backlog)
+    fake.reset()
+    common.say(f"{db}: C={concurrency} workers={workers}: draining {args.backlog}")
+    procs = start_workers(url, folder, fake, workers, SEND_CONCURRENCY=concurrency)
+    # Bounded: at a tenth of the limit it would still finish; beyond that, report what was sent.
+    deadline = time.monotonic() + 20 + args.backlog / (0.1 * limit)
+    try:
+        while len(fake.sent) < args.backlog and time.monotonic() < deadline:
+            if any(p.process.poll() is not None for p in procs):
+                raise RuntimeError("a worker exited:\n" + procs[0].log_tail())
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            p.stop()
+    sent = fake.sent
+    rate = steady_rate([s.at for s in sent])
+    ok = rate is not None and rate >= TARGET_VS_LIMIT * limit and len(sent) == args.backlog
+    return [
+        db,
+        concurrency,
+        workers,
+        limit,
+        baseline,
+        rate,
+        common.ratio(rate, limit),
+        common.ratio(rate, baseline),
+        f"{len(sent)}/{args.backlog}",
+        common.verdict(ok),
+    ]
+
+
+def parse_limit(setting: str) -> tuple[int, float]:
+    count, _, unit = setting.partition("/")
+    seconds = {"second": 1.0, "minute": 60.0, "hour": 3600.0}.get(unit.strip().lower())
+    if seconds is None:
+        seconds = float(unit)
+    return int(count), seconds
+
+
+def rate_limit_check(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> list:  # type: ignore[no-untyped-def]
+    if not common.feature_in_code("SMS_RATE_LIMIT"):
+        return [db, args.rate_limit, "-", "-", "-", common.NOT_AVAILABLE]
+    count, window = parse_limit(args.rate_limit)
+    backlog = int(count * (args.rate_limit_seconds / window + 2))
+    common.clear_outbox(url)
+    common.insert_backlog(url, backlog, start=500_000)
+    fake.reset()
+    fake.latency = 0.0
+    procs = start_workers(url, folder, fake, 2, SEND_CONCURRENCY=8, SMS_RATE_LIMIT=args.rate_limit)
+    try:
+        end = time.monotonic() + args.rate_limit_seconds + 10
+        while time.monotonic() < end and len(fake.sent) < backlog:
+            if any(p.process.poll() is not None for p in procs):
+                return [
+                    db,
+                    args.rate_limit,
+                    "-",
+                    "-",
+                    "-",
+                    f"worker exited: {procs[0].log_tail(3)}",
+                ]
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            p.stop()
+        fake.latency = args.latency
+    windows: dict[int, int] = {}
+    for sms in fake.sent:
+        key = int(sms.at // window)
+        windows[key] = windows.get(key, 0) + 1
+    worst = max(windows.values(), default=0)
+    ok = len(fake.sent) > 0 and worst <= count + 1
+    return [db, args.rate_limit, len(fake.sent), worst, f"{count} + 1", common.verdict(ok)]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Smoke test of the benchmarks in bench/: each script runs in its tiny mode and prints its table.
+
+Nothing here asserts a time or a rate: figures on a shared CI machine mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+POSTGRES_URL = os.environ.get(
+    "DISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def run_bench(script: str, *args: str) -> str:
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--smoke", "--postgres-url", POSTGRES_URL, *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "table"),
+    [
+        ("ingest.py", ["--db", "sqlite"], "Webhook ingestion"),
+        ("e2e_latency.py", ["--db", "sqlite"], "End-to-end latency"),
+        ("throughput.py", ["--db", "sqlite"], "Send throughput"),
+        ("duplicate_storm.py", ["--db", "sqlite"], "Duplicate storm"),
+        ("log_scale.py", ["--db", "sqlite"], "Send log with"),
+        ("memory.py", ["--db", "sqlite"], "Memory of `serve`"),
+    ],
+)
+def test_benchmark_runs_in_smoke_mode_and_prints_its_table(
+    script: str, args: list[str], table: str
+) -> None:
+    if script == "memory.py":
+        pytest.importorskip("psutil", reason="the bench extra is not installed")
+    output = run_bench(script, *args)
+    assert f"### {table}" in output
+    assert "| database |" in output
