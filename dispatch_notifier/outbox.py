@@ -5,6 +5,8 @@ Every state change is one short transaction; none is held open across a call to 
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -106,11 +108,31 @@ def ingest(
             update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
         )
     _touch_source(session, source, now, result.status)
-    if result.created and session.get_bind().dialect.name == "postgresql":
+    if result.created and session.get_bind().dialect.name == "postgresql" and _notify_due():
         # NOTIFY is transactional: workers wake only once the rows are visible.
         session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     session.commit()
     return result
+
+
+NOTIFY_INTERVAL = 0.02
+_last_notify = 0.0
+_notify_lock = threading.Lock()
+
+
+def _notify_due() -> bool:
+    """At most one NOTIFY per process every NOTIFY_INTERVAL seconds.
+
+    PostgreSQL serialises the commits of transactions that NOTIFY; under a burst one wake-up per
+    interval is plenty, since a worker with work in hand keeps claiming without being woken.
+    """
+    global _last_notify
+    now = time.monotonic()
+    with _notify_lock:
+        if now - _last_notify < NOTIFY_INTERVAL:
+            return False
+        _last_notify = now
+        return True
 
 
 SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)

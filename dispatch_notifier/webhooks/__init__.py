@@ -6,10 +6,13 @@ No SMS is sent here; the worker does that from the outbox.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dispatch_notifier import outbox, platforms
@@ -37,7 +40,7 @@ def receive(source_name: str) -> Response:
         return _too_large()
     session = get_session()
     try:
-        source = session.scalar(select(Source).where(Source.name == source_name))
+        source = _sources.get(session, source_name)
         if source is None or not source.enabled:
             return error(404, "unknown_source", f"no enabled source named {source_name!r}")
         platform = platforms.get(source.platform)
@@ -69,6 +72,41 @@ def receive(source_name: str) -> Response:
     if result.reason:
         body_out["reason"] = result.reason
     return jsonify(body_out)
+
+
+class SourceCache:
+    """Sources by name, kept for a moment so a burst of webhooks does not re-read the same row.
+
+    Also keeps the lookup out of the ingest transaction: on SQLite every transaction holds the
+    write lock, which verifying and parsing would otherwise hold too. Changes made elsewhere (a
+    disabled source, a rotated secret) apply within `SOURCE_CACHE_SECONDS`.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[int, str], tuple[float, Source | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, name: str) -> Source | None:
+        ttl = float(current_app.config["SOURCE_CACHE_SECONDS"])
+        key = (id(current_app._get_current_object()), name)  # type: ignore[attr-defined]
+        now = time.monotonic()
+        with self._lock:
+            cached = self._entries.get(key)
+        if cached is not None and now - cached[0] < ttl:
+            return cached[1]
+        source = session.scalar(select(Source).where(Source.name == name))
+        session.commit()  # end the read transaction now (and with it SQLite's write lock)
+        if source is not None:
+            session.expunge(source)
+        if ttl > 0:
+            with self._lock:
+                if len(self._entries) > 10_000:  # unknown names must not grow it forever
+                    self._entries.clear()
+                self._entries[key] = (now, source)
+        return source
+
+
+_sources = SourceCache()
 
 
 def _too_large() -> Response:
