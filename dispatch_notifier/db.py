@@ -116,7 +116,8 @@ def insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, 
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(table).on_conflict_do_nothing().returning(table.c.id)
         _insert_statements[(dialect, table.name)] = stmt
-    return session.execute(stmt, values).scalar_one_or_none()
+    # Through the connection, not Session.execute: same transaction, without the ORM overhead.
+    return session.connection().execute(stmt, values).scalar_one_or_none()
 
 
 _insert_statements: dict[tuple[str, str], Any] = {}
