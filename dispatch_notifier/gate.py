@@ -81,12 +81,16 @@ def acquire(
     Otherwise returns when to try again: the end of a provider pause or of a full window.
     The caller commits (ideally together with marking the row `sending`).
     """
+    if limit is None:
+        # Without a limit there is nothing to count, only a provider pause to respect: a plain
+        # read, so that parallel sends do not queue on the gate row's lock.
+        now = now or utcnow()
+        paused = session.scalar(select(SendGate.paused_until).where(SendGate.name == GATE_NAME))
+        return paused if paused is not None and paused > now else None
     row = _locked_row(session)
     now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window
     if row.paused_until is not None and row.paused_until > now:
         return row.paused_until
-    if limit is None:
-        return None
     # A clock slightly behind the window's start (another machine) counts as inside it.
     if row.window_start is None or now >= row.window_start + limit.window:
         row.window_start, row.window_count = now, 0

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, text, update
+from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts
@@ -241,7 +241,7 @@ def finish(
         .execution_options(synchronize_session=False)
     )
     if result.rowcount == 1 and attempt is not None:
-        session.add(Attempt(notification_id=notification_id, **attempt))
+        session.execute(insert(Attempt), [{"notification_id": notification_id, **attempt}])
     session.commit()
     return result.rowcount == 1
 

@@ -37,6 +37,9 @@ class Worker:
         self.stop_timeout = float(app.config["STOP_TIMEOUT"])
         # Renew well before expiry, so one slow database round trip cannot lose a lease.
         self.heartbeat_interval = max(0.05, self.lease.total_seconds() / 3)
+        # Abandoned rows only appear after a lease runs out: no need to look on every round.
+        self.sweep_interval = min(5.0, self.lease.total_seconds() / 2)
+        self._next_sweep = 0.0
         self.sender = Sender(app, self.db, backend or backend_for(app), self.owner)
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -131,11 +134,19 @@ class Worker:
             return list(self._in_flight)
 
     def tick(self, pool: ThreadPoolExecutor) -> bool:
-        """One round: sweep abandoned rows, claim what fits, hand it to the pool."""
-        with self.db.session() as session:
-            outbox.sweep_abandoned(session, spare=self.held())
-        free = self.concurrency - self._in_flight_count()
-        if free <= 0 or self._stop.is_set():
+        """One round: sweep abandoned rows, claim what fits, hand it to the pool.
+
+        Claims come in batches: once no more than `concurrency` rows are in hand, the worker tops
+        up to twice that, so the pool always has the next rows queued and claiming (a few
+        statements) happens once per batch instead of once per finished send.
+        """
+        if time.monotonic() >= self._next_sweep:
+            with self.db.session() as session:
+                outbox.sweep_abandoned(session, spare=self.held())
+            self._next_sweep = time.monotonic() + self.sweep_interval
+        in_hand = self._in_flight_count()
+        free = 2 * self.concurrency - in_hand
+        if in_hand > self.concurrency or self._stop.is_set():
             return False
         with self.db.session() as session:
             if gate.wait_until(session, self.sender.rate_limit) is not None:
