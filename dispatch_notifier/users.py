@@ -5,6 +5,7 @@ Failed logins are rows in `login_attempts`, so the limit holds across every web 
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ WINDOW = timedelta(minutes=15)
 MAX_FAILURES_PER_USER = 5
 MAX_FAILURES_PER_ADDRESS = 20
 # Compared against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check unknown names against, so that they take as long as known ones.
+
+    Made on first use, not at import: scrypt costs every process ~100 ms and 32 MB at start-up.
+    """
+    return generate_password_hash("not-a-real-password")
 
 
 class UserError(ValueError):
@@ -96,7 +105,7 @@ def authenticate(
     if is_limited(session, username, address):
         return LoginResult(None, limited=True)
     user = session.scalar(select(User).where(User.username == username))
-    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password)
+    ok = check_password_hash(user.password_hash if user else _dummy_hash(), password)
     now = utcnow()
     user_key, addr_key = _keys(username, address)
     if user is None or not ok:
