@@ -679,6 +679,7 @@ def generator_name(use_wrk: bool) -> str:
 def insert_backlog(url: str, count: int, start: int = 0, batch: int = 1000) -> None:
     """`count` pending notifications for the `shopify` source, each to its own number."""
     from dispatch_notifier.models import Notification, utcnow
+    from dispatch_notifier.outbox import pending_row
     from dispatch_notifier.samples import SAMPLE_EVENT
 
     engine = create_engine(url)
@@ -696,21 +697,7 @@ def insert_backlog(url: str, count: int, start: int = 0, batch: int = 1000) -> N
                     order_number=f"B{i}",
                     phones=(phone_for(i),),
                 )
-                rows.append(
-                    {
-                        "source_id": source_id,
-                        "order_id": event.order_id,
-                        "shipment_id": event.shipment_id,
-                        "kind": event.kind,
-                        "order_number": event.order_number,
-                        "event": event.to_json(),
-                        "status": "pending",
-                        "attempts": 0,
-                        "next_attempt_at": now,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
+                rows.append(pending_row(source_id, None, event, now))
                 if len(rows) >= batch:
                     connection.execute(Notification.__table__.insert(), rows)
                     rows = []

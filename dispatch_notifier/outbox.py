@@ -14,6 +14,7 @@ from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts
+from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.models import (
     CLAIMABLE_STATUSES,
     SENDING,
@@ -80,22 +81,7 @@ def ingest(
     result = IngestResult(result_kind, delivery_pk, reason=parsed.ignored)
     for event in parsed.events:
         notification_pk = insert_ignoring_conflicts(
-            session,
-            Notification.__table__,
-            {
-                "source_id": source.id,
-                "delivery_id": delivery_pk,
-                "order_id": event.order_id,
-                "shipment_id": event.shipment_id,
-                "kind": event.kind,
-                "order_number": event.order_number,
-                "event": event.to_json(),
-                "status": "pending",
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-                "updated_at": now,
-            },
+            session, Notification.__table__, pending_row(source.id, delivery_pk, event, now)
         )
         if notification_pk is None:
             result.existing += 1
@@ -136,6 +122,26 @@ def _notify_due() -> bool:
 
 
 SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)
+
+
+def pending_row(
+    source_id: int, delivery_pk: int | None, event: DispatchEvent, now: datetime
+) -> dict[str, object]:
+    """The outbox row of a new dispatch, waiting for a worker (also used to fill benchmarks)."""
+    return {
+        "source_id": source_id,
+        "delivery_id": delivery_pk,
+        "order_id": event.order_id,
+        "shipment_id": event.shipment_id,
+        "kind": event.kind,
+        "order_number": event.order_number,
+        "event": event.to_json(),
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def _touch_source(session: Session, source: Source, now: datetime, result: str) -> None:
