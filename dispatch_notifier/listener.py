@@ -10,6 +10,7 @@ import logging
 import sqlite3
 import threading
 from collections.abc import Callable
+from typing import Self
 
 import psycopg
 from sqlalchemy.engine import make_url
@@ -25,23 +26,37 @@ def libpq_url(sqlalchemy_url: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-class Listener:
-    """A daemon thread that calls `wake()` whenever new work is announced."""
+class _WakeThread:
+    """A daemon thread that calls `wake()` when it learns of new work; `_run` says how."""
 
-    def __init__(self, database_url: str, wake: Callable[[], None]) -> None:
-        self.conninfo = libpq_url(database_url)
+    thread_name = "wake"
+
+    def __init__(self, wake: Callable[[], None]) -> None:
         self.wake = wake
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="listen", daemon=True)
-        self.connected = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
 
-    def start(self) -> Listener:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class Listener(_WakeThread):
+    """Calls `wake()` whenever new work is announced with NOTIFY."""
+
+    thread_name = "listen"
+
+    def __init__(self, database_url: str, wake: Callable[[], None]) -> None:
+        super().__init__(wake)
+        self.conninfo = libpq_url(database_url)
+        self.connected = threading.Event()
 
     def _run(self) -> None:
         delay = 0.5
@@ -66,27 +81,19 @@ class Listener:
         self.connected.clear()
 
 
-class DataVersionWatcher:
-    """SQLite's stand-in for LISTEN: a daemon thread that wakes the worker after other commits.
+class DataVersionWatcher(_WakeThread):
+    """SQLite's stand-in for LISTEN: wakes the worker after commits by other connections.
 
     `PRAGMA data_version` is read without a transaction or a lock, so checking it every few
     milliseconds costs next to nothing and never gets in the way of the webhook writers.
     """
 
+    thread_name = "data-version"
+
     def __init__(self, database_path: str, wake: Callable[[], None], interval: float = 0.02):
+        super().__init__(wake)
         self.database_path = database_path
-        self.wake = wake
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="data-version", daemon=True)
-
-    def start(self) -> DataVersionWatcher:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def _run(self) -> None:
         try:
