@@ -98,7 +98,7 @@ def main() -> None:
 def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict:  # type: ignore[no-untyped-def]
     # Enough distinct deliveries that no closed-loop run can wrap around (a bound, not a guess:
     # wrk stops each thread at the end of its slice).
-    per_run = 200 if args.smoke else int(5000 * args.duration)
+    per_run = 200 if args.smoke else int(12_000 * args.duration)
     closed = common.distinct_deliveries(per_run)
     closed_file = common.write_requests(folder / f"closed-{db}.tsv", closed)
     warm = common.distinct_deliveries(100 if not args.smoke else 20, start=10_000_000)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app, g
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import Table
@@ -103,12 +103,14 @@ def _close_request_session(_exc: BaseException | None) -> None:
         session.close()
 
 
-def insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, Any]) -> int | None:
+def insert_ignoring_conflicts(
+    connection: Connection, table: Table, values: dict[str, Any]
+) -> int | None:
     """INSERT a row unless a unique key already holds it; return the new id or None.
 
     The database decides, so concurrent identical inserts yield exactly one winner.
     """
-    dialect = session.get_bind().dialect.name
+    dialect = connection.dialect.name
     # Values go in as parameters of one prebuilt statement per table: building a statement with
     # `.values(...)` per call cost more CPU than the INSERT itself on the webhook hot path.
     stmt = _insert_statements.get((dialect, table.name))
@@ -116,8 +118,7 @@ def insert_ignoring_conflicts(session: Session, table: Table, values: dict[str, 
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(table).on_conflict_do_nothing().returning(table.c.id)
         _insert_statements[(dialect, table.name)] = stmt
-    # Through the connection, not Session.execute: same transaction, without the ORM overhead.
-    return session.connection().execute(stmt, values).scalar_one_or_none()
+    return connection.execute(stmt, values).scalar_one_or_none()
 
 
 _insert_statements: dict[tuple[str, str], Any] = {}

@@ -9,12 +9,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import and_, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts
 from dispatch_notifier.events import DispatchEvent
+from dispatch_notifier.group_commit import GroupCommit
 from dispatch_notifier.models import (
     CLAIMABLE_STATUSES,
     SENDING,
@@ -29,6 +32,9 @@ from dispatch_notifier.platforms import Parsed
 
 NOTIFY_CHANNEL = "dispatch_notifier_outbox"
 
+# A delivery row and its notification rows, as `ingest` builds them.
+_IngestJob = tuple[dict[str, Any], list[dict[str, Any]]]
+
 
 @dataclass
 class IngestResult:
@@ -42,62 +48,89 @@ class IngestResult:
 
 
 def ingest(
-    session: Session,
+    engine: Engine,
     source: Source,
     delivery_key: str | None,
     parsed: Parsed,
     body: bytes,
 ) -> IngestResult:
-    """Record a verified delivery and its dispatches in one transaction, then commit.
+    """Record a verified delivery and its dispatches; returns once they are committed.
 
     Unique keys decide duplicates: (source, delivery id) and (source, order, shipment, kind).
+    This is the webhook's hot path: it runs on Core statements, every row is built before the
+    transaction starts, and deliveries arriving together in this process share one commit.
     """
     now = utcnow()
     result_kind = "ping" if parsed.ping else "ignored" if parsed.ignored else "accepted"
-    delivery_pk = insert_ignoring_conflicts(
-        session,
-        Delivery.__table__,
-        {
-            "source_id": source.id,
-            "delivery_id": delivery_key,
-            "topic": parsed.topic,
-            "result": result_kind,
-            "detail": parsed.ignored,
-            "payload": body.decode("utf-8", "replace"),
-            "received_at": now,
-            "duplicates": 0,
-        },
-    )
+    delivery = {
+        "source_id": source.id,
+        "delivery_id": delivery_key,
+        "topic": parsed.topic,
+        "result": result_kind,
+        "detail": parsed.ignored,
+        "payload": body.decode("utf-8", "replace"),
+        "received_at": now,
+        "duplicates": 0,
+    }
+    notifications = [pending_row(source.id, None, event, now) for event in parsed.events]
+    return _committer(engine).run((delivery, notifications))
+
+
+_committers: WeakKeyDictionary[Engine, GroupCommit[_IngestJob, IngestResult]] = WeakKeyDictionary()
+_committers_lock = threading.Lock()
+
+
+def _committer(engine: Engine) -> GroupCommit[_IngestJob, IngestResult]:
+    with _committers_lock:
+        committer = _committers.get(engine)
+        if committer is None:
+            committer = GroupCommit(engine, _record, _wake_workers)
+            _committers[engine] = committer
+        return committer
+
+
+def _wake_workers(connection: Connection, results: list[IngestResult]) -> None:
+    if (
+        connection.dialect.name == "postgresql"
+        and any(result.created for result in results)
+        and _notify_due()
+    ):
+        # NOTIFY is transactional: workers wake only once the rows are visible.
+        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+
+
+def _record(connection: Connection, job: _IngestJob) -> IngestResult:
+    delivery, notifications = job
+    source_id, now = delivery["source_id"], delivery["received_at"]
+    delivery_pk = insert_ignoring_conflicts(connection, Delivery.__table__, delivery)
     if delivery_pk is None:
-        session.execute(
+        connection.execute(
             update(Delivery)
-            .where(Delivery.source_id == source.id, Delivery.delivery_id == delivery_key)
+            .where(
+                Delivery.source_id == source_id,
+                Delivery.delivery_id == delivery["delivery_id"],
+            )
             .values(duplicates=Delivery.duplicates + 1, last_duplicate_at=now)
         )
-        _touch_source(session, source, now, "duplicate")
-        session.commit()
+        _touch_source(connection, source_id, now, "duplicate")
         return IngestResult("duplicate", reason="this delivery was already received")
 
-    result = IngestResult(result_kind, delivery_pk, reason=parsed.ignored)
-    for event in parsed.events:
+    result = IngestResult(delivery["result"], delivery_pk, reason=delivery["detail"])
+    for row in notifications:
         notification_pk = insert_ignoring_conflicts(
-            session, Notification.__table__, pending_row(source.id, delivery_pk, event, now)
+            connection, Notification.__table__, {**row, "delivery_id": delivery_pk}
         )
         if notification_pk is None:
             result.existing += 1
         else:
             result.created.append(notification_pk)
-    if parsed.events and not result.created:
+    if notifications and not result.created:
         result.status = "duplicate"
         result.reason = "this shipment was already notified"
-        session.execute(
+        connection.execute(
             update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
         )
-    _touch_source(session, source, now, result.status)
-    if result.created and session.get_bind().dialect.name == "postgresql" and _notify_due():
-        # NOTIFY is transactional: workers wake only once the rows are visible.
-        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-    session.commit()
+    _touch_source(connection, source_id, now, result.status)
     return result
 
 
@@ -122,6 +155,8 @@ def _notify_due() -> bool:
 
 
 SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)
+_last_touch: dict[tuple[int, int], tuple[datetime, str]] = {}
+_touch_lock = threading.Lock()
 
 
 def pending_row(
@@ -144,21 +179,26 @@ def pending_row(
     }
 
 
-def _touch_source(session: Session, source: Source, now: datetime, result: str) -> None:
-    # Every webhook updating the one row of its source made concurrent deliveries queue on that
-    # row's lock until commit; "last event" only needs to be right to the second.
-    last = source.last_event_at
-    if (
-        last is not None
-        and source.last_event_result == result
-        and timedelta(0) <= now - last < SOURCE_TOUCH_INTERVAL
-    ):
-        return
-    session.execute(
+def _touch_source(connection: Connection, source_id: int, now: datetime, result: str) -> None:
+    """Record the source's last event, at most once a second per process and result.
+
+    Every webhook updating its source's one row made concurrent deliveries queue on that row's
+    lock until commit; "last event" only needs to be right to the second.
+    """
+    key = (id(connection.engine), source_id)
+    with _touch_lock:
+        last = _last_touch.get(key)
+        if (
+            last is not None
+            and last[1] == result
+            and timedelta(0) <= now - last[0] < (SOURCE_TOUCH_INTERVAL)
+        ):
+            return
+        _last_touch[key] = (now, result)
+    connection.execute(
         update(Source)
-        .where(Source.id == source.id)
+        .where(Source.id == source_id)
         .values(last_event_at=now, last_event_result=result)
-        .execution_options(synchronize_session=False)
     )
 
 

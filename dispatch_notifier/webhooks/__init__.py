@@ -12,11 +12,10 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.orm import Session
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dispatch_notifier import outbox, platforms
-from dispatch_notifier.db import get_session
+from dispatch_notifier.db import Database, get_db
 from dispatch_notifier.models import Source
 
 log = logging.getLogger(__name__)
@@ -38,9 +37,9 @@ def receive(source_name: str) -> Response:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
         return _too_large()
-    session = get_session()
+    db = get_db()
     try:
-        source = _sources.get(session, source_name)
+        source = _sources.get(db, source_name)
         if source is None or not source.enabled:
             return error(404, "unknown_source", f"no enabled source named {source_name!r}")
         platform = platforms.get(source.platform)
@@ -51,13 +50,11 @@ def receive(source_name: str) -> Response:
             delivery_key = platform.delivery_id(body, request.headers)
         else:
             delivery_key = None
-        result = outbox.ingest(session, source, delivery_key, parsed, body)
+        result = outbox.ingest(db.engine, source, delivery_key, parsed, body)
     except platforms.WebhookError as exc:
-        session.rollback()
         log.warning("webhook %s refused: %s %s", source_name, exc.status, exc.message)
         return error(exc.status, exc.code, exc.message, exc.problems)
     except (OperationalError, DBAPIError) as exc:
-        session.rollback()
         # 503 makes the platform retry: an event we could not store is never acknowledged.
         log.error("webhook %s: database unavailable: %s", source_name, type(exc).__name__)
         return error(503, "database_unavailable", "the database is unavailable; retry later")
@@ -86,7 +83,7 @@ class SourceCache:
         self._entries: dict[tuple[int, str], tuple[float, Source | None]] = {}
         self._lock = threading.Lock()
 
-    def get(self, session: Session, name: str) -> Source | None:
+    def get(self, db: Database, name: str) -> Source | None:
         ttl = float(current_app.config["SOURCE_CACHE_SECONDS"])
         key = (id(current_app._get_current_object()), name)  # type: ignore[attr-defined]
         now = time.monotonic()
@@ -94,10 +91,10 @@ class SourceCache:
             cached = self._entries.get(key)
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
-        source = session.scalar(select(Source).where(Source.name == name))
-        session.commit()  # end the read transaction now (and with it SQLite's write lock)
-        if source is not None:
-            session.expunge(source)
+        with db.session() as session:
+            source = session.scalar(select(Source).where(Source.name == name))
+            if source is not None:
+                session.expunge(source)
         if ttl > 0:
             with self._lock:
                 if len(self._entries) > 10_000:  # unknown names must not grow it forever

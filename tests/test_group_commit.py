@@ -1,0 +1,116 @@
+"""Group commit: concurrent writers share transactions, and each still gets only its own outcome."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from dispatch_notifier.db import make_engine
+from dispatch_notifier.group_commit import GroupCommit
+
+metadata = MetaData()
+rows = Table(
+    "group_commit_rows",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(40), nullable=False, unique=True),
+)
+
+
+@pytest.fixture
+def engine(database_url: str):  # type: ignore[no-untyped-def]
+    engine = make_engine(database_url)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    yield engine
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def write_row(connection: Connection, name: str) -> int:
+    return int(connection.execute(insert(rows).values(name=name).returning(rows.c.id)).scalar_one())
+
+
+def stored(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    with engine.connect() as connection:
+        return sorted(connection.execute(select(rows.c.name)).scalars())
+
+
+def wait_for_queue(committer: GroupCommit, length: int) -> None:
+    for _ in range(500):
+        if len(committer._queue) >= length:
+            return
+        threading.Event().wait(0.01)
+
+
+def test_concurrent_writes_all_commit_in_fewer_transactions(engine) -> None:  # type: ignore[no-untyped-def]
+    def write(connection: Connection, name: str) -> int:
+        if name == "w0-0":  # the first transaction stays open until all the others have queued
+            wait_for_queue(committer, 7)
+        return write_row(connection, name)
+
+    committer = GroupCommit(engine, write)
+    first = threading.Thread(target=committer.run, args=("w0-0",))
+    first.start()
+    while not committer._writing:
+        threading.Event().wait(0.005)
+
+    def writer(index: int) -> list[int]:
+        return [committer.run(f"w{index}-{n}") for n in range(5)]
+
+    with ThreadPoolExecutor(7) as pool:
+        ids = [i for result in pool.map(writer, range(1, 8)) for i in result]
+    first.join(5)
+
+    assert len(set(ids)) == 35
+    assert stored(engine) == sorted(["w0-0"] + [f"w{i}-{n}" for i in range(1, 8) for n in range(5)])
+    assert committer.transactions < 36
+
+
+def test_a_failing_job_fails_alone(engine) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as connection:
+        write_row(connection, "taken")
+
+    def write(connection: Connection, name: str) -> int:
+        if name == "first":  # the three others queue behind this transaction: one batch
+            wait_for_queue(committer, 3)
+        return write_row(connection, name)
+
+    committer = GroupCommit(engine, write)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(committer.run, "first")
+        while committer.transactions == 0 and not committer._writing:
+            threading.Event().wait(0.005)
+        others = [pool.submit(committer.run, name) for name in ("good-1", "taken", "good-2")]
+        assert first.result(5)
+        assert others[0].result(5) and others[2].result(5)
+        with pytest.raises(IntegrityError):
+            others[1].result(5)
+
+    assert stored(engine) == ["first", "good-1", "good-2", "taken"]
+
+
+def test_after_runs_once_per_transaction_with_its_results(engine) -> None:  # type: ignore[no-untyped-def]
+    seen: list[list[int]] = []
+    committer = GroupCommit(engine, write_row, lambda _connection, results: seen.append(results))
+
+    first = committer.run("one")
+    second = committer.run("two")
+
+    assert seen == [[first], [second]]
+
+
+def test_an_interrupted_write_does_not_leave_callers_waiting(engine) -> None:  # type: ignore[no-untyped-def]
+    def interrupted(_connection: Connection, _name: str) -> int:
+        raise KeyboardInterrupt
+
+    committer = GroupCommit(engine, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        committer.run("x")
+    committer.write = write_row
+    assert committer.run("y")
+    assert stored(engine) == ["y"]
