@@ -122,7 +122,7 @@ def worker(once: bool) -> None:
 def _require_schema() -> None:
     with get_db().engine.connect() as connection:
         current = migrate.current_revision(connection)
-    if current != current_app.extensions["migrations_head"]:
+    if current != migrate.head_revision():
         fail("the database schema is not up to date: run `dispatch-notifier db upgrade` first")
 
 
