@@ -86,7 +86,9 @@ def serve(host: str, port: int, workers: int, no_worker: bool) -> None:
     _require_schema()
     # The worker's own bound (STOP_TIMEOUT) plus a margin before it is killed.
     stop_timeout = float(current_app.config["STOP_TIMEOUT"]) + 5
-    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    # This very app is what the web workers, forks of this process, run.
+    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout, app=app)
 
 
 @click.command()
