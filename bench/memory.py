@@ -91,8 +91,21 @@ def main() -> None:
         rows,
     )
     common.print_table(
-        "Memory by process at the end", ["database", "process", "RSS MB", "PSS MB"], parts
+        "Memory by process at the end (USS: pages no other process maps)",
+        ["database", "process", "RSS MB", "PSS MB", "USS MB"],
+        parts,
     )
+
+
+def role_of(proc, root) -> str:  # type: ignore[no-untyped-def]
+    """The sender is forked from the master and names itself `dn-sender` (older builds ran it as
+    `python -m dispatch_notifier worker`); the other children are gunicorn's web workers."""
+    if proc.pid == root.pid:
+        return "gunicorn master"
+    cmd = " ".join(proc.cmdline()[2:5])
+    if proc.name() == "dn-sender" or ("worker" in cmd and "serve" not in cmd):
+        return "sender worker"
+    return "web worker"
 
 
 def post(service: common.Service, url: str, folder: Path, deliveries, name: str) -> None:  # type: ignore[no-untyped-def]
@@ -147,14 +160,9 @@ def run(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> tuple[li
         root = psutil.Process(service.process.pid)
         parts = []
         for proc in [root, *root.children(recursive=True)]:
-            cmd = " ".join(proc.cmdline()[2:5])
-            role = (
-                "gunicorn master"
-                if proc.pid == root.pid
-                else ("sender worker" if "worker" in cmd and "serve" not in cmd else "web worker")
-            )
             info = proc.memory_full_info()
-            parts.append([db, f"{role} (pid {proc.pid})", info.rss / MB, info.pss / MB])
+            role = f"{role_of(proc, root)} (pid {proc.pid})"
+            parts.append([db, role, info.rss / MB, info.pss / MB, info.uss / MB])
     finally:
         service.stop()
     peak = max(sampler.peak, at_end, at_checkpoint)

@@ -22,12 +22,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         "DISPATCH_INSTANCE_PATH"
     )
     app = Flask(__name__, instance_relative_config=True, instance_path=instance_path or None)
-    from dispatch_notifier import config, db, health, migrate, sources, webhooks
+    from dispatch_notifier import config, db, health, sources, webhooks
 
     config.load(app, test_config)
     _configure_logging(app)
     db.init_app(app)
-    app.extensions["migrations_head"] = migrate.head_revision()
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     _register_optional_blueprints(app)
@@ -70,5 +69,5 @@ def _configure_logging(app: Flask) -> None:
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("dispatch_notifier").setLevel(level)
-    # Alembic announces its context on every readiness check; only `db upgrade` needs that.
+    # Alembic announces its context on every migration run; only `db upgrade` wants that.
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -86,7 +86,9 @@ def serve(host: str, port: int, workers: int, no_worker: bool) -> None:
     _require_schema()
     # The worker's own bound (STOP_TIMEOUT) plus a margin before it is killed.
     stop_timeout = float(current_app.config["STOP_TIMEOUT"]) + 5
-    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    # This very app is what the web workers and the sender, forks of this process, run.
+    run(host, port, workers, with_worker=not no_worker, stop_timeout=stop_timeout, app=app)
 
 
 @click.command()
@@ -98,10 +100,24 @@ def worker(once: bool) -> None:
 
     _require_schema()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    runner = Worker(app)
     if once:
-        runner.run_until_idle()
+        Worker(app).run_until_idle()
         return
+    if not run_worker(app):
+        # Bounded stop: sends still hanging after STOP_TIMEOUT are left to the lease sweep.
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def run_worker(app: Flask) -> bool:
+    """Send until SIGTERM/SIGINT, then finish in-flight sends within STOP_TIMEOUT.
+
+    `worker` runs this, and so does the sender process that `serve` forks. Returns False if some
+    sends were still running when that time was up.
+    """
+    from dispatch_notifier.worker import Worker
+
+    runner = Worker(app)
 
     def stop(signum: int, _frame: Any) -> None:
         click.echo(f"worker: {signal.Signals(signum).name}, finishing in-flight sends", err=True)
@@ -113,16 +129,13 @@ def worker(once: bool) -> None:
     click.echo(
         f"worker {runner.owner} sending with the {runner.sender.backend.name} backend", err=True
     )
-    if not runner.run():
-        # Bounded stop: sends still hanging after STOP_TIMEOUT are left to the lease sweep.
-        sys.stderr.flush()
-        os._exit(1)
+    return runner.run()
 
 
 def _require_schema() -> None:
     with get_db().engine.connect() as connection:
         current = migrate.current_revision(connection)
-    if current != current_app.extensions["migrations_head"]:
+    if current != migrate.head_revision():
         fail("the database schema is not up to date: run `dispatch-notifier db upgrade` first")
 
 

@@ -5,7 +5,7 @@ Load balancers and orchestrators poll these; they never change anything.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
 from dispatch_notifier import migrate
 from dispatch_notifier.db import get_db
@@ -25,7 +25,7 @@ def readyz() -> tuple[Response, int]:
             current = migrate.current_revision(connection)
     except Exception as exc:  # any failure to reach the database means "not ready"
         return jsonify({"status": "unavailable", "database": type(exc).__name__}), 503
-    head = current_app.extensions["migrations_head"]
+    head = migrate.head_revision()
     if current != head:
         return jsonify({"status": "migrations_pending", "current": current, "head": head}), 503
     return jsonify({"status": "ready", "revision": current}), 200

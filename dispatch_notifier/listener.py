@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 from typing import Self
 
-import psycopg
 from sqlalchemy.engine import make_url
 
 from dispatch_notifier.outbox import NOTIFY_CHANNEL
@@ -59,6 +58,10 @@ class Listener(_WakeThread):
         self.connected = threading.Event()
 
     def _run(self) -> None:
+        # Here, not at the top: a worker on SQLite imports this module but needs no psycopg
+        # (about 10 MB).
+        import psycopg
+
         delay = 0.5
         while not self._stop.is_set():
             try:

@@ -357,3 +357,28 @@ def test_sqlite_wakes_an_idle_worker_when_another_process_commits(app_factory, f
         worker.stop()
         thread.join(15)
     assert len(fake_dotdigital.sent) == 3
+
+
+def test_a_worker_on_sqlite_does_not_import_psycopg(tmp_path):
+    """psycopg is only for PostgreSQL (its LISTEN connection): ~10 MB a SQLite worker can skip."""
+    import subprocess
+    import sys
+
+    from dispatch_notifier import migrate
+
+    url = f"sqlite:///{tmp_path / 'w.sqlite3'}"
+    migrate.upgrade(url)
+    code = (
+        "import sys\n"
+        "from dispatch_notifier import create_app\n"
+        "from dispatch_notifier.worker import Worker\n"
+        f"app = create_app({{'DATABASE_URL': {url!r}, 'INSTANCE_PATH': {str(tmp_path)!r}}})\n"
+        "worker = Worker(app)\n"
+        "watcher = worker._start_listener()\n"
+        "worker.run_until_idle()\n"
+        "watcher.stop()\n"
+        "print(type(watcher).__name__, 'psycopg' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["DataVersionWatcher", "False"]

@@ -60,3 +60,42 @@ def test_readyz_reports_pending_migrations_then_ready(tmp_path, runner_factory):
     assert response.json["status"] == "migrations_pending"
     runner_factory(url).invoke(args=["db", "upgrade"])
     assert app.test_client().get("/readyz").status_code == 200
+
+
+def test_the_revisions_the_service_reads_are_alembics(tmp_path):
+    """`serve`, `worker` and `/readyz` read both revisions without Alembic: same answers."""
+    from alembic.script import ScriptDirectory
+
+    alembic_head = ScriptDirectory.from_config(
+        migrate.alembic_config("sqlite://")
+    ).get_current_head()
+    assert migrate.head_revision() == alembic_head
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.sqlite3'}")
+    try:
+        for step in ("empty", "migrated"):
+            if step == "migrated":
+                migrate.upgrade(str(engine.url))
+            with engine.connect() as connection:
+                expected = MigrationContext.configure(connection).get_current_revision()
+                assert migrate.current_revision(connection) == expected, step
+    finally:
+        engine.dispose()
+
+
+def test_serving_and_readiness_do_not_import_alembic(tmp_path):
+    """Alembic (with Mako, Pygments, every dialect) costs ~10 MB in each process importing it."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'a.sqlite3'}"
+    migrate.upgrade(url)
+    code = (
+        "import sys\n"
+        "from dispatch_notifier import create_app\n"
+        f"app = create_app({{'DATABASE_URL': {url!r}, 'INSTANCE_PATH': {str(tmp_path)!r}}})\n"
+        "assert app.test_client().get('/readyz').status_code == 200\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

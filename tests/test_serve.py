@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -89,6 +90,28 @@ def post_sample(url: str, order: str = "1001") -> requests.Response:
     return requests.post(f"{url}/webhooks/shopify", data=body, headers=headers, timeout=10)
 
 
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def is_sender(pid: int) -> bool:
+    """The embedded sender is a fork of serve named `dn-sender` (it used to be `... worker`)."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return name == "dn-sender" or b"worker" in cmdline
+
+
 def test_serve_acknowledges_and_its_embedded_worker_sends(env):
     process, url = start(env, "--workers", "2")
     try:
@@ -132,18 +155,12 @@ def test_serve_restarts_its_sender_worker_if_it_dies(env):
     process, url = start(env, "--workers", "1")
 
     def sender_pids() -> list[int]:
-        found = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == process.pid and b"worker" in cmdline:
-                found.append(int(stat.parent.name))
-        return found
+        return [pid for pid in children(process.pid) if is_sender(pid)]
 
     try:
+        deadline = time.monotonic() + 10  # the sender may be forked just after /readyz answers
+        while time.monotonic() < deadline and not sender_pids():
+            time.sleep(0.1)
         [first] = sender_pids()
         os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 15
@@ -158,3 +175,47 @@ def test_serve_restarts_its_sender_worker_if_it_dies(env):
         assert [r["status"] for r in log(env)] == ["sent"]
     finally:
         stop(process)
+
+
+def test_serve_forks_its_web_workers_and_sender_from_a_master_without_threads(env):
+    """One app loaded in the master, shared by its forks; forking while another thread runs
+    could leave the child holding a lock that thread had taken."""
+    process, url = start(env, "--workers", "2")
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(map(is_sender, children(process.pid))):
+            time.sleep(0.1)
+        pids = children(process.pid)
+        assert len(pids) == 3, pids
+        assert sum(is_sender(pid) for pid in pids) == 1
+        assert os.listdir(f"/proc/{process.pid}/task") == [str(process.pid)]
+        # Children run the master's program (no fresh interpreter) and none listens on a
+        # socket it does not need: the sender holds no listening socket.
+        master_cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+        for pid in pids:
+            assert Path(f"/proc/{pid}/cmdline").read_bytes() == master_cmdline
+        [sender] = [pid for pid in pids if is_sender(pid)]
+        assert not listening_sockets(sender)
+        assert all(listening_sockets(pid) for pid in pids if pid != sender)
+        assert post_sample(url).status_code == 200
+    finally:
+        output = stop(process)
+    assert process.returncode == 0, output
+
+
+def listening_sockets(pid: int) -> set[str]:
+    """Inodes of the TCP sockets in LISTEN state among `pid`'s open files."""
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # TCP_LISTEN
+                    listening.add(fields[9])
+    held = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                held.add(target[len("socket:[") : -1])
+    return held & listening
