@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 
 from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
@@ -144,12 +145,38 @@ _CURRENT = (
 
 
 class Lookup:
-    """`find` for the sender: the template and its current text in one Core query."""
+    """`find` for the sender: the template and its current text in one Core query, and the
+    answer reused for `ttl` seconds (TEMPLATE_CACHE_SECONDS).
+
+    An edit, a rollback or disabling a template in the console therefore reaches a running
+    worker within `ttl` seconds (1 by default); with `ttl` 0 every send reads it afresh.
+    """
+
+    MAX_ENTRIES = 256  # (kind, locales) keys; the locale comes from the order, so bound them
+
+    def __init__(self, ttl: float = 0.0) -> None:
+        self.ttl = ttl
+        self._cache: dict[tuple[str, tuple[str, ...]], tuple[float, Current | None]] = {}
 
     def find(
         self, connection: Connection, kind: str, locale: str | None, fallback_locale: str
     ) -> Current | None:
         wanted = _wanted_locales(locale, fallback_locale)
+        key = (kind, tuple(wanted))
+        if self.ttl > 0:
+            hit = self._cache.get(key)
+            if hit is not None and monotonic() < hit[0]:
+                return hit[1]
+        found = self._read(connection, kind, wanted)
+        if self.ttl > 0:
+            if len(self._cache) >= self.MAX_ENTRIES:
+                self._cache.clear()
+            # Counted from after the read: an answer is at most `ttl` seconds old when used.
+            self._cache[key] = (monotonic() + self.ttl, found)
+        return found
+
+    @staticmethod
+    def _read(connection: Connection, kind: str, wanted: list[str]) -> Current | None:
         rows = connection.execute(_CURRENT, {"kind": kind, "locales": wanted}).all()
         by_locale = {row.locale.lower(): row for row in rows}
         for candidate in wanted:

@@ -92,7 +92,7 @@ class Sender:
         self.default_country = app.config["DEFAULT_COUNTRY"]
         self.default_locale = app.config["DEFAULT_LOCALE"]
         self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
-        self.templates = message_templates.Lookup()
+        self.templates = message_templates.Lookup(float(app.config["TEMPLATE_CACHE_SECONDS"]))
 
     def send_one(self, notification_id: int) -> str | None:
         """Take one claimed row to its next state; returns that state (None if not ours)."""
