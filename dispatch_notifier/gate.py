@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -91,14 +91,27 @@ def acquire(
     now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window
     if row.paused_until is not None and row.paused_until > now:
         return row.paused_until
+    # Windows are aligned to the clock (a `/second` window starts on the second, `/minute` on
+    # the minute, `/day` at midnight UTC), so the limit holds in every calendar window as an
+    # observer counts them; a window opened by the first send after a pause drifted against
+    # those, and one second could see the tail of one window and the head of the next.
     # A clock slightly behind the window's start (another machine) counts as inside it.
-    if row.window_start is None or now >= row.window_start + limit.window:
-        row.window_start, row.window_count = now, 0
+    start = window_start(now, limit.window)
+    if row.window_start is None or start >= row.window_start + limit.window:
+        row.window_start, row.window_count = start, 0
     if row.window_count >= limit.count:
         return row.window_start + limit.window
     row.window_count += 1
     session.flush()
     return None
+
+
+def window_start(now: datetime, window: timedelta) -> datetime:
+    """The start of the clock-aligned window that `now` falls in (multiples of `window` since
+    the Unix epoch)."""
+    seconds = window.total_seconds()
+    stamp = now.timestamp()
+    return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
 
 
 def pause(session: Session, until: datetime, reason: str) -> None:
