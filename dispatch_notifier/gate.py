@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -73,19 +74,33 @@ def _ensure_row(session: Session) -> None:
         )
 
 
+_GATE = SendGate.__table__.c
+# The provider pause as a scalar subquery: a sender reads it with the row it is about to send.
+PAUSED_UNTIL = select(_GATE.paused_until).where(_GATE.name == GATE_NAME).scalar_subquery()
+_READ_PAUSED = select(PAUSED_UNTIL)
+_UNREAD: object = object()
+
+
 def acquire(
-    session: Session, limit: RateLimit | None, now: datetime | None = None
+    session: Session,
+    limit: RateLimit | None,
+    now: datetime | None = None,
+    paused_until: datetime | object | None = _UNREAD,
 ) -> datetime | None:
     """Take one send slot inside the caller's transaction; None means "go ahead".
 
     Otherwise returns when to try again: the end of a provider pause or of a full window.
     The caller commits (ideally together with marking the row `sending`).
+    `paused_until`: the pause as the caller already read it in this transaction (PAUSED_UNTIL),
+    used only without a limit; with a limit the row is read under its lock.
     """
     if limit is None:
         # Without a limit there is nothing to count, only a provider pause to respect: a plain
         # read, so that parallel sends do not queue on the gate row's lock.
         now = now or utcnow()
-        paused = session.scalar(select(SendGate.paused_until).where(SendGate.name == GATE_NAME))
+        if paused_until is _UNREAD:
+            paused_until = session.connection().execute(_READ_PAUSED).scalar()
+        paused = cast("datetime | None", paused_until)
         return paused if paused is not None and paused > now else None
     row = _locked_row(session)
     now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window

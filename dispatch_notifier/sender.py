@@ -55,6 +55,8 @@ _LOAD = (
         _S.default_locale.label("source_default_locale"),
         _S.timezone.label("source_timezone"),
         _S.quiet_hours.label("source_quiet_hours"),
+        # Saves the round trip `gate.acquire` would make for it when no rate limit is set.
+        gate.PAUSED_UNTIL.label("gate_paused_until"),
     )
     .join_from(Notification.__table__, Source.__table__, _S.id == _N.source_id)
     .where(_N.id == bindparam("id"))
@@ -154,7 +156,7 @@ class Sender:
         if until is not None:
             reason = f"quiet hours ({window}): waiting until {until:%Y-%m-%d %H:%M} UTC"
             return self._defer(session, row, until, reason, "quiet_hours")
-        until = gate.acquire(session, self.rate_limit)
+        until = gate.acquire(session, self.rate_limit, paused_until=row.gate_paused_until)
         if until is not None:
             return self._defer(session, row, None, None, None)
         return None
