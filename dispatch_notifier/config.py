@@ -33,6 +33,7 @@ SETTINGS: dict[str, tuple[Any, type]] = {
     "SEND_CONCURRENCY": (8, int),
     "MAX_BODY_BYTES": (1048576, int),
     "SOURCE_CACHE_SECONDS": (1.0, float),
+    "TEMPLATE_CACHE_SECONDS": (1.0, float),
     "MAX_ATTEMPTS": (8, int),
     "MAX_AGE_HOURS": (24.0, float),
     "RETRY_BASE_SECONDS": (2.0, float),

@@ -55,9 +55,14 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """The engine and session factory of one application."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, threads: int = 0) -> None:
+        """`threads`: how many threads of this process may hold a connection at once."""
         self.url = url
-        self.engine = make_engine(url)
+        # A pool smaller than the threads using it churns: QueuePool closes every connection
+        # returned beyond `pool_size`, so a sender worker with 32 threads opened a new PostgreSQL
+        # connection (a backend process) every few sends. Connections are opened on demand.
+        pooled = {"pool_size": max(10, threads)} if not url.startswith("sqlite") else {}
+        self.engine = make_engine(url, **pooled)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @property
@@ -82,7 +87,9 @@ class Database:
 
 def init_app(app: Flask) -> None:
     """Create the app's database and close the request session after each request."""
-    app.extensions["db"] = Database(app.config["DATABASE_URL"])
+    # A sender worker runs SEND_CONCURRENCY send threads plus its claim loop and lease heartbeat.
+    threads = int(app.config.get("SEND_CONCURRENCY") or 0) + 2
+    app.extensions["db"] = Database(app.config["DATABASE_URL"], threads)
     app.teardown_appcontext(_close_request_session)
 
 

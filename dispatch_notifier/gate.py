@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -73,32 +74,59 @@ def _ensure_row(session: Session) -> None:
         )
 
 
+_GATE = SendGate.__table__.c
+# The provider pause as a scalar subquery: a sender reads it with the row it is about to send.
+PAUSED_UNTIL = select(_GATE.paused_until).where(_GATE.name == GATE_NAME).scalar_subquery()
+_READ_PAUSED = select(PAUSED_UNTIL)
+_UNREAD: object = object()
+
+
 def acquire(
-    session: Session, limit: RateLimit | None, now: datetime | None = None
+    session: Session,
+    limit: RateLimit | None,
+    now: datetime | None = None,
+    paused_until: datetime | object | None = _UNREAD,
 ) -> datetime | None:
     """Take one send slot inside the caller's transaction; None means "go ahead".
 
     Otherwise returns when to try again: the end of a provider pause or of a full window.
     The caller commits (ideally together with marking the row `sending`).
+    `paused_until`: the pause as the caller already read it in this transaction (PAUSED_UNTIL),
+    used only without a limit; with a limit the row is read under its lock.
     """
     if limit is None:
         # Without a limit there is nothing to count, only a provider pause to respect: a plain
         # read, so that parallel sends do not queue on the gate row's lock.
         now = now or utcnow()
-        paused = session.scalar(select(SendGate.paused_until).where(SendGate.name == GATE_NAME))
+        if paused_until is _UNREAD:
+            paused_until = session.connection().execute(_READ_PAUSED).scalar()
+        paused = cast("datetime | None", paused_until)
         return paused if paused is not None and paused > now else None
     row = _locked_row(session)
     now = now or utcnow()  # read after the lock wait, or a late waiter would restart the window
     if row.paused_until is not None and row.paused_until > now:
         return row.paused_until
+    # Windows are aligned to the clock (a `/second` window starts on the second, `/minute` on
+    # the minute, `/day` at midnight UTC), so the limit holds in every calendar window as an
+    # observer counts them; a window opened by the first send after a pause drifted against
+    # those, and one second could see the tail of one window and the head of the next.
     # A clock slightly behind the window's start (another machine) counts as inside it.
-    if row.window_start is None or now >= row.window_start + limit.window:
-        row.window_start, row.window_count = now, 0
+    start = window_start(now, limit.window)
+    if row.window_start is None or start >= row.window_start + limit.window:
+        row.window_start, row.window_count = start, 0
     if row.window_count >= limit.count:
         return row.window_start + limit.window
     row.window_count += 1
     session.flush()
     return None
+
+
+def window_start(now: datetime, window: timedelta) -> datetime:
+    """The start of the clock-aligned window that `now` falls in (multiples of `window` since
+    the Unix epoch)."""
+    seconds = window.total_seconds()
+    stamp = now.timestamp()
+    return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
 
 
 def pause(session: Session, until: datetime, reason: str) -> None:

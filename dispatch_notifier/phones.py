@@ -44,9 +44,13 @@ def normalise(raw: str, region: str | None) -> tuple[str | None, str | None]:
         number = phonenumbers.parse(raw, (region or "").upper() or None)
     except phonenumbers.NumberParseException:
         return None, "invalid phone number"
-    if not phonenumbers.is_valid_number(number):
+    # One classification serves both checks: a number is valid exactly when its type is known
+    # (`is_valid_number` is `number_type(...) != UNKNOWN` with the same region lookup), and each
+    # call matched the number against its region's patterns again.
+    kind = phonenumbers.number_type(number)
+    if kind == PhoneNumberType.UNKNOWN:
         return None, "invalid phone number"
-    if phonenumbers.number_type(number) not in SENDABLE_TYPES:
+    if kind not in SENDABLE_TYPES:
         return None, "not a mobile number"
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 

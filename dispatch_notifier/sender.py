@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from dispatch_notifier import gate, message_templates, phones, platforms, quiet, rendering
@@ -34,6 +34,38 @@ from dispatch_notifier.retry import RetryPolicy
 from dispatch_notifier.sms import SendOutcome, SmsBackend
 
 log = logging.getLogger(__name__)
+
+_N, _S = Notification.__table__.c, Source.__table__.c
+# The claimed row and what the send needs of its source, in one Core query (no ORM objects).
+_LOAD = (
+    select(
+        _N.id,
+        _N.status,
+        _N.lease_owner,
+        _N.attempts,
+        _N.kind,
+        _N.event.label("event_json"),
+        _N.requested_by,
+        _N.created_at,
+        _N.updated_at,
+        _N.source_id,
+        _S.name.label("source_name"),
+        _S.shop_name.label("source_shop_name"),
+        _S.default_country.label("source_default_country"),
+        _S.default_locale.label("source_default_locale"),
+        _S.timezone.label("source_timezone"),
+        _S.quiet_hours.label("source_quiet_hours"),
+        # Saves the round trip `gate.acquire` would make for it when no rate limit is set.
+        gate.PAUSED_UNTIL.label("gate_paused_until"),
+    )
+    .join_from(Notification.__table__, Source.__table__, _S.id == _N.source_id)
+    .where(_N.id == bindparam("id"))
+)
+_SUPPRESSED = (
+    select(Suppression.__table__.c.id)
+    .where(Suppression.__table__.c.phone == bindparam("phone"))
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +94,12 @@ class Sender:
         self.default_country = app.config["DEFAULT_COUNTRY"]
         self.default_locale = app.config["DEFAULT_LOCALE"]
         self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
+        self.templates = message_templates.Lookup(float(app.config["TEMPLATE_CACHE_SECONDS"]))
 
     def send_one(self, notification_id: int) -> str | None:
         """Take one claimed row to its next state; returns that state (None if not ours)."""
         with self.db.session() as session:
-            row = session.get(Notification, notification_id)
+            row = session.connection().execute(_LOAD, {"id": notification_id}).first()
             if row is None or row.lease_owner != self.owner or row.status not in CLAIMABLE_STATUSES:
                 return None
             # A deliberate resend is not held to the age bound of the original event.
@@ -108,39 +141,41 @@ class Sender:
         duration_ms = int((time.monotonic() - started) * 1000)
         return self._record(notification_id, outcome, attempts, created_at, started_at, duration_ms)
 
-    def _hold(self, session, row: Notification, prepared: Prepared) -> str | None:  # type: ignore[no-untyped-def]
+    def _hold(self, session, row: Row, prepared: Prepared) -> str | None:  # type: ignore[no-untyped-def]
         """Quiet hours, then the shared gate; a held row waits without using an attempt.
 
         Taking a gate slot stays in the transaction that marks the row `sending`.
         """
         now = utcnow()
-        source: Source = row.source
         try:
-            window = quiet.parse_quiet_hours(source.quiet_hours)
+            window = quiet.parse_quiet_hours(row.source_quiet_hours)
         except ValueError:
-            log.warning("source %s: ignoring unreadable quiet hours", source.name)
+            log.warning("source %s: ignoring unreadable quiet hours", row.source_name)
             window = None
-        until = quiet.hold_until(window, prepared.e164, source.timezone, now)
+        until = quiet.hold_until(window, prepared.e164, row.source_timezone, now)
         if until is not None:
             reason = f"quiet hours ({window}): waiting until {until:%Y-%m-%d %H:%M} UTC"
             return self._defer(session, row, until, reason, "quiet_hours")
-        until = gate.acquire(session, self.rate_limit)
+        until = gate.acquire(session, self.rate_limit, paused_until=row.gate_paused_until)
         if until is not None:
             return self._defer(session, row, None, None, None)
         return None
 
-    def _defer(self, session, row: Notification, until, reason, code) -> str:  # type: ignore[no-untyped-def]
+    def _defer(self, session, row: Row, until, reason, code) -> str:  # type: ignore[no-untyped-def]
         status, notification_id = row.status, row.id
         session.rollback()  # gives back any gate lock taken in this transaction
         defer(session, notification_id, self.owner, until, reason, code)
         log.debug("notification %s held until %s (%s)", notification_id, until, code or "gate")
         return status
 
-    def prepare(self, session, row: Notification) -> Prepared:  # type: ignore[no-untyped-def]
-        """Everything short of sending: enrichment, number, suppression, template, text."""
-        source: Source = row.source
+    def prepare(self, session, row: Row) -> Prepared:  # type: ignore[no-untyped-def]
+        """Everything short of sending: enrichment, number, suppression, template, text.
+
+        `row` is a `_LOAD` row: the notification's columns and its source's, read in one query.
+        """
         event = DispatchEvent.from_json(row.event_json)
         if event.needs_enrichment:
+            source = session.get(Source, row.source_id)
             try:
                 event = platforms.get(source.platform).enrich(event, source)
             except platforms.EnrichmentError as exc:
@@ -149,13 +184,15 @@ class Sender:
                     reason=str(exc),
                     error_code="enrichment",
                 )
-        region = event.country or source.default_country or self.default_country
+        region = event.country or row.source_default_country or self.default_country
         choice = phones.choose(event.phones, region)
         if choice.e164 is None:
             return Prepared(
                 outcome=SKIPPED, reason=choice.reason, error_code="no_phone", event=event
             )
-        if session.scalar(select(Suppression.id).where(Suppression.phone == choice.e164)):
+        # Read fresh for every send: a number suppressed a moment ago must not be texted.
+        connection = session.connection()
+        if connection.execute(_SUPPRESSED, {"phone": choice.e164}).first() is not None:
             return Prepared(
                 outcome=SKIPPED,
                 reason="suppressed",
@@ -163,10 +200,10 @@ class Sender:
                 e164=choice.e164,
                 event=event,
             )
-        fallback = source.default_locale or self.default_locale
+        fallback = row.source_default_locale or self.default_locale
         locale = event.locale or fallback
-        template = message_templates.find(session, row.kind, locale, fallback)
-        if template is None or template.current_version is None:
+        template = self.templates.find(connection, row.kind, locale, fallback)
+        if template is None or template.version_id is None:
             return Prepared(
                 outcome=FAILED,
                 reason=f"no template for '{row.kind}'",
@@ -182,21 +219,21 @@ class Sender:
                 e164=choice.e164,
                 event=event,
             )
-        context = template_context(event, shop_name=source.shop_name, locale=template.locale)
+        context = template_context(event, shop_name=row.source_shop_name, locale=template.locale)
         try:
-            message = rendering.render(template.current_version.body, context)
+            message = rendering.render(template.body or "", context)
         except rendering.RenderError as exc:
             return Prepared(
                 outcome=FAILED,
                 reason=str(exc),
                 error_code="template_error",
                 e164=choice.e164,
-                template_version_id=template.current_version_id,
+                template_version_id=template.version_id,
                 event=event,
             )
-        return Prepared(choice.e164, message, template.current_version_id, template.locale, event)
+        return Prepared(choice.e164, message, template.version_id, template.locale, event)
 
-    def _finish_prepared(self, session, row: Notification, prepared: Prepared) -> str:  # type: ignore[no-untyped-def]
+    def _finish_prepared(self, session, row: Row, prepared: Prepared) -> str:  # type: ignore[no-untyped-def]
         values: dict[str, object] = {
             "phone": prepared.e164,
             "phone_tail": prepared.e164[-4:] if prepared.e164 else None,

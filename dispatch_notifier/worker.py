@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import datetime
 
 from flask import Flask
 
@@ -46,6 +47,10 @@ class Worker:
         self._in_flight: dict[int, Future[str | None]] = {}
         self._lock = threading.Lock()
         self._heartbeat_stop = threading.Event()
+        # Why the last tick claimed nothing: "full", "gate" (closed until `_opens`), "no work",
+        # or None (it failed, or has not run).
+        self._idle: str | None = None
+        self._opens: datetime | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -78,6 +83,7 @@ class Worker:
                 if not busy:
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()
+                    self._idle = None
         finally:
             clean = self._drain(self.stop_timeout)
             pool.shutdown(wait=clean, cancel_futures=True)
@@ -107,15 +113,31 @@ class Worker:
         return None
 
     def _idle_wait(self) -> float:
-        """Sleep until the poll interval, or until the shared gate opens if it is closed."""
+        """Sleep until the poll interval, or until the shared gate opens if it is closed.
+
+        Uses what the last `tick` learnt: with its hands full it waits for a send to finish
+        (which wakes it), and it has just read the gate. Reading the gate again here, on every
+        wake-up by a finished send, cost a database round trip per send.
+        """
+        if self._idle == "full":
+            return self.poll_interval
+        if self._idle == "gate":
+            opens = self._opens
+        elif self._idle == "no work":
+            opens = None
+        else:
+            opens = self._read_gate()
+        if opens is None:
+            return self.poll_interval
+        return min(max(self.poll_interval, (opens - utcnow()).total_seconds()), 60.0)
+
+    def _read_gate(self):  # type: ignore[no-untyped-def]
         try:
             with self.db.session() as session:
                 opens = gate.wait_until(session, self.sender.rate_limit)
         except Exception:
-            return self.poll_interval
-        if opens is None:
-            return self.poll_interval
-        return min(max(self.poll_interval, (opens - utcnow()).total_seconds()), 60.0)
+            return None
+        return opens
 
     def _heartbeat(self) -> None:
         """Renew the leases of the rows this worker holds while their sends run."""
@@ -144,15 +166,21 @@ class Worker:
             with self.db.session() as session:
                 outbox.sweep_abandoned(session, spare=self.held())
             self._next_sweep = time.monotonic() + self.sweep_interval
+        self._idle = None
         in_hand = self._in_flight_count()
         free = 2 * self.concurrency - in_hand
         if in_hand > self.concurrency or self._stop.is_set():
+            self._idle = "full"
             return False
         with self.db.session() as session:
-            if gate.wait_until(session, self.sender.rate_limit) is not None:
-                return False  # claiming now would only hand the rows back
+            self._opens = gate.wait_until(session, self.sender.rate_limit)
+        if self._opens is not None:
+            self._idle = "gate"
+            return False  # claiming now would only hand the rows back
         with self.db.session() as session:
             ids = outbox.claim(session, self.owner, free, self.lease)
+        if not ids:
+            self._idle = "no work"
         for notification_id in ids:
             # Submit under the lock: a fast send must not finish before it is registered.
             with self._lock:

@@ -127,6 +127,7 @@ def make_app(database_url: str, tmp_path: Path, **overrides: Any) -> Flask:
         "POLL_INTERVAL": 0.05,
         # Tests change sources and post at once; production caches them for a second.
         "SOURCE_CACHE_SECONDS": 0,
+        "TEMPLATE_CACHE_SECONDS": 0,
         "SECURE_COOKIES": False,
         "WTF_CSRF_ENABLED": True,
     }

@@ -93,6 +93,9 @@ def test_the_rate_limit_holds_across_workers_with_their_own_connections(
     app_factory, fake_dotdigital
 ):
     apps = [dd_app(app_factory, fake_dotdigital, SMS_RATE_LIMIT="3/minute") for _ in range(2)]
+    # Windows are aligned to the clock: keep the run inside one minute.
+    if (second := utcnow().second) >= 55:
+        time.sleep(60.5 - second)
     queue(apps[0], 8)
     workers = [Worker(app, name=f"w{i}") for i, app in enumerate(apps)]
     threads = [threading.Thread(target=w.run_until_idle) for w in workers]
@@ -107,7 +110,26 @@ def test_the_rate_limit_holds_across_workers_with_their_own_connections(
     assert all(r.attempts == 0 and r.lease_owner is None for r in waiting)
     with get_db(apps[1]).session() as session:
         opens = gate.wait_until(session, gate.parse_rate_limit("3/minute"))
-    assert opens is not None and 50 < (opens - utcnow()).total_seconds() <= 60
+    # Windows are aligned to the clock: this one ends on the next minute.
+    assert opens is not None and 0 < (opens - utcnow()).total_seconds() <= 60
+    assert (opens.second, opens.microsecond) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "now", "start"),
+    [
+        ("20/second", "2026-06-01T10:00:05.750", "2026-06-01T10:00:05"),
+        ("35/minute", "2026-06-01T10:07:59.999", "2026-06-01T10:07:00"),
+        ("10/5minutes", "2026-06-01T10:07:30", "2026-06-01T10:05:00"),
+        ("1000/day", "2026-06-01T23:59:00", "2026-06-01T00:00:00"),
+    ],
+)
+def test_rate_limit_windows_are_aligned_to_the_clock(text, now, start):
+    limit = gate.parse_rate_limit(text)
+    moment = datetime.fromisoformat(now).replace(tzinfo=UTC)
+    assert gate.window_start(moment, limit.window) == datetime.fromisoformat(start).replace(
+        tzinfo=UTC
+    )
 
 
 def test_a_429_pauses_every_worker_until_the_providers_reset_time(app_factory, fake_dotdigital):

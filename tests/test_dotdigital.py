@@ -139,6 +139,19 @@ def test_a_connection_error_after_sending_is_unknown():
     assert outcome.status == "unknown"
 
 
+def test_proxy_and_ca_settings_come_from_the_environment_read_once(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp.pem")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = DotdigitalClient(API, "u", "p")
+    assert client.session.proxies["https"] == "http://proxy.internal:3128"
+    assert client.session.verify == "/etc/ssl/corp.pem"
+
+    monkeypatch.setenv("NO_PROXY", "r1-api.dotdigital.com")
+    assert "https" not in DotdigitalClient(API, "u", "p").session.proxies
+
+
 def test_a_refused_connection_is_safe_to_retry():
     client = DotdigitalClient("http://127.0.0.1:9", "u", "p", timeout=(1, 1))
     outcome = client.send("+447911123456", "x")

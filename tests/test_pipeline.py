@@ -153,6 +153,33 @@ def test_a_broken_template_fails_the_notification_not_the_worker(app):
     assert "nobody" in row.error and row.error_code == "template_error"
 
 
+def test_a_running_worker_sends_an_edited_template_once_its_cache_time_is_up(
+    app_factory, monkeypatch
+):
+    clock = [1000.0]
+    monkeypatch.setattr(message_templates, "monotonic", lambda: clock[0])
+    app = app_factory(TEMPLATE_CACHE_SECONDS=1)
+    worker = Worker(app)
+    client = app.test_client()
+
+    def send(n: int) -> str:
+        post_shopify(client, fulfillment(fulfillment_id=n, order_id=n))
+        worker.run_until_idle()
+        with get_db(app).session() as session:
+            return session.scalars(
+                select(Notification.message).where(Notification.order_id == str(n))
+            ).one()
+
+    assert not send(1).startswith("Edited")
+    with get_db(app).session() as session:
+        message_templates.save_version(session, "dispatched", "en", "Edited {{ order_number }}", "")
+        session.commit()
+    clock[0] += 0.5
+    assert not send(2).startswith("Edited")  # the worker's copy is half a second old
+    clock[0] += 0.6
+    assert send(3) == "Edited 1001"
+
+
 def test_the_row_is_committed_as_sending_before_the_provider_is_called(app):
     seen: list[str] = []
 

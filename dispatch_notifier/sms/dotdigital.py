@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -61,6 +62,15 @@ class DotdigitalClient:
         self.session = requests.Session()
         self.session.auth = (user, password)
         self.session.headers.update({"Accept": "application/json"})
+        # Proxy and CA bundle settings are read from the environment once, here: with
+        # `trust_env` requests re-read and re-parsed every *_proxy variable on each send
+        # (a tenth of a send's CPU). Every request goes to the one API host, so the result
+        # is the same; only a change to the environment after start-up is no longer seen.
+        self.session.trust_env = False
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.api_url))
+        ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca_bundle:
+            self.session.verify = ca_bundle
         # No retries at this level: a retried POST could text a customer twice.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", adapter)
