@@ -307,6 +307,11 @@ def measure(db: str, url: str, folder: Path, args) -> tuple[list, list]:  # type
                 data = answer.get_json()
                 items = data.get("items") or data.get("notifications") or data.get("data")
                 count = str(len(items)) if isinstance(items, list) else "?"
+            elif answer.mimetype == "text/html":
+                # The log's table: one <tr> per message, plus the header row.
+                body = answer.get_data(as_text=True)
+                tbody = body.split("<tbody>", 1)[-1].split("</tbody>", 1)[0]
+                count = str(tbody.count("<tr"))
             rows.append(
                 [
                     db,
