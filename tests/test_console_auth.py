@@ -79,10 +79,10 @@ def test_login_is_rate_limited_through_the_database_across_processes(app_factory
 
 def test_session_is_cleared_at_login_and_logout_ends_it(app, client):
     create_user(app)
-    with client.session_transaction() as session:
+    with client.session_transaction("/admin/") as session:
         session["planted"] = "by an attacker"
     login(client)
-    with client.session_transaction() as session:
+    with client.session_transaction("/admin/") as session:
         assert "planted" not in session
         assert session["user_id"]
     token = csrf_token(client, "/admin/")
@@ -155,3 +155,17 @@ def test_admin_pages_send_security_headers_and_csp_without_inline_script(app):
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert "<script>" not in response.text  # scripts only as files
     assert 'src="/static/admin.js"' in response.text
+
+
+def test_webhooks_and_the_api_never_read_or_set_a_session_cookie(app_factory):
+    # A browser that carries the console's session cookie.
+    client, _ = logged_in(app_factory(API_TOKEN="t0ken"))
+    for response in (
+        client.post("/webhooks/nobody", data=b"{}"),
+        client.get("/api/v1/notifications"),
+        client.get("/healthz"),
+    ):
+        assert "Set-Cookie" not in response.headers
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/api/v1/notifications").status_code == 401  # the cookie is no API login
+    assert client.get("/admin/").status_code == 200  # and the console session is intact

@@ -58,7 +58,8 @@ def receive(source_name: str) -> Response:
         # 503 makes the platform retry: an event we could not store is never acknowledged.
         log.error("webhook %s: database unavailable: %s", source_name, type(exc).__name__)
         return error(503, "database_unavailable", "the database is unavailable; retry later")
-    log.info(
+    # Every delivery is a row in `deliveries` (console: Shops); the line is for debugging only.
+    log.debug(
         "webhook %s topic=%s -> %s (new notifications: %d)",
         source_name,
         parsed.topic,
