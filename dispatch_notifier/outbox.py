@@ -5,6 +5,7 @@ Every state change is one short transaction; none is held open across a call to 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts
@@ -102,7 +104,19 @@ def _wake_workers(connection: Connection, results: list[IngestResult]) -> None:
 def _record(connection: Connection, job: _IngestJob) -> IngestResult:
     delivery, notifications = job
     source_id, now = delivery["source_id"], delivery["received_at"]
-    delivery_pk = insert_ignoring_conflicts(connection, Delivery.__table__, delivery)
+    if connection.dialect.name == "postgresql" and len(notifications) == 1:
+        delivery_pk, notification_pks = _insert_pair_postgres(
+            connection, delivery, notifications[0]
+        )
+    else:
+        delivery_pk = insert_ignoring_conflicts(connection, Delivery.__table__, delivery)
+        notification_pks = [
+            insert_ignoring_conflicts(
+                connection, Notification.__table__, {**row, "delivery_id": delivery_pk}
+            )
+            for row in notifications
+            if delivery_pk is not None
+        ]
     if delivery_pk is None:
         connection.execute(
             update(Delivery)
@@ -116,14 +130,8 @@ def _record(connection: Connection, job: _IngestJob) -> IngestResult:
         return IngestResult("duplicate", reason="this delivery was already received")
 
     result = IngestResult(delivery["result"], delivery_pk, reason=delivery["detail"])
-    for row in notifications:
-        notification_pk = insert_ignoring_conflicts(
-            connection, Notification.__table__, {**row, "delivery_id": delivery_pk}
-        )
-        if notification_pk is None:
-            result.existing += 1
-        else:
-            result.created.append(notification_pk)
+    result.created = [pk for pk in notification_pks if pk is not None]
+    result.existing = len(notification_pks) - len(result.created)
     if notifications and not result.created:
         result.status = "duplicate"
         result.reason = "this shipment was already notified"
@@ -132,6 +140,47 @@ def _record(connection: Connection, job: _IngestJob) -> IngestResult:
         )
     _touch_source(connection, source_id, now, result.status)
     return result
+
+
+def _insert_pair_postgres(
+    connection: Connection, delivery: dict[str, Any], notification: dict[str, Any]
+) -> tuple[int | None, list[int | None]]:
+    """The usual webhook on PostgreSQL, one dispatch: both rows in one statement.
+
+    One round trip instead of two (each costs the web process about as much CPU as the rest of
+    storing the delivery). The notification is inserted only if the delivery was new; returns
+    both new ids, None where a unique key already held the row.
+    """
+    params = {f"d_{key}": value for key, value in delivery.items()}
+    params.update({f"n_{key}": value for key, value in notification.items()})
+    notification_keys = tuple(key for key in notification if key != "delivery_id")
+    statement = _pair_insert(tuple(delivery), notification_keys)
+    delivery_pk, notification_pk = connection.execute(statement, params).one()
+    return delivery_pk, [] if delivery_pk is None else [notification_pk]
+
+
+@functools.cache
+def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, ...]) -> Any:
+    deliveries, notifications = Delivery.__table__, Notification.__table__
+    new_delivery = (
+        postgresql.insert(deliveries)
+        .values({c: bindparam(f"d_{c}", type_=deliveries.c[c].type) for c in delivery_keys})
+        .on_conflict_do_nothing()
+        .returning(deliveries.c.id)
+        .cte("new_delivery")
+    )
+    values = (bindparam(f"n_{c}", type_=notifications.c[c].type) for c in notification_keys)
+    new_notification = (
+        postgresql.insert(notifications)
+        .from_select(["delivery_id", *notification_keys], select(new_delivery.c.id, *values))
+        .on_conflict_do_nothing()
+        .returning(notifications.c.id)
+        .cte("new_notification")
+    )
+    return select(
+        select(new_delivery.c.id).scalar_subquery(),
+        select(new_notification.c.id).scalar_subquery(),
+    )
 
 
 NOTIFY_INTERVAL = 0.02

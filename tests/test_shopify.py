@@ -111,7 +111,9 @@ def test_the_three_topics_for_one_fulfillment_make_one_notification(app, client)
     response = post_shopify(client, fulfilled_order(5501, (4401,)), topic="orders/fulfilled")
     assert response.json["status"] == "duplicate"
     assert count(app, Notification) == 1
-    assert count(app, Delivery) == 3
+    with get_db(app).session() as session:
+        results = session.scalars(select(Delivery.result).order_by(Delivery.id)).all()
+    assert results == ["accepted", "duplicate", "duplicate"]
 
 
 # --- idempotency ---------------------------------------------------------------------------
@@ -153,6 +155,13 @@ def test_concurrent_identical_deliveries_make_one_notification(app, same_deliver
         statuses = list(pool.map(deliver, range(24)))
     assert statuses == [200] * 24
     assert count(app, Notification) == 1
+    with get_db(app).session() as session:
+        results = session.scalars(select(Delivery.result)).all()
+        duplicates = session.scalars(select(Delivery.duplicates)).all()
+    if same_delivery_id:
+        assert results == ["accepted"] and duplicates == [23]
+    else:
+        assert sorted(results) == ["accepted"] + ["duplicate"] * 23
 
 
 # --- parsing -------------------------------------------------------------------------------
