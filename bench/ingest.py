@@ -93,6 +93,10 @@ def main() -> None:
         ],
         checks,
     )
+    print(
+        "Stored can exceed answered by up to the connection count: requests still in flight when"
+        " wrk stops its clock are stored, but their answers are not counted."
+    )
 
 
 def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict:  # type: ignore[no-untyped-def]
