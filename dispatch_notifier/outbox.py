@@ -320,6 +320,12 @@ def write_outcome(
     return result.rowcount == 1
 
 
+def insert_attempts(connection: Connection, attempts: list[dict[str, object]]) -> None:
+    """Attempt rows (each naming its notification_id), one statement for several."""
+    if attempts:
+        connection.execute(_INSERT_ATTEMPT, attempts)
+
+
 def release(session: Session, notification_id: int, owner: str) -> None:
     """Give a claimed row back untouched (e.g. on shutdown before it was sent)."""
     session.connection().execute(_RELEASE, {"_id": notification_id, "_owner": owner})

@@ -30,7 +30,7 @@ from dispatch_notifier.models import (
     Suppression,
     utcnow,
 )
-from dispatch_notifier.outbox import defer, finish, mark_sending, write_outcome
+from dispatch_notifier.outbox import defer, finish, insert_attempts, mark_sending, write_outcome
 from dispatch_notifier.retry import RetryPolicy
 from dispatch_notifier.sms import SendOutcome, SmsBackend
 
@@ -100,8 +100,10 @@ class Sender:
         self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
         self.templates = message_templates.Lookup(float(app.config["TEMPLATE_CACHE_SECONDS"]))
         # Sends that finish together record their outcomes in one transaction: one pool
-        # checkout, one ping and one commit for several.
-        self.outcomes: GroupCommit[_Outcome, bool] = GroupCommit(db.engine, self._write_one)
+        # checkout and one commit for several, their attempt rows in one INSERT.
+        self.outcomes: GroupCommit[_Outcome, dict[str, object] | None] = GroupCommit(
+            db.engine, self._write_one, self._insert_attempts
+        )
 
     def send_one(self, notification_id: int) -> str | None:
         """Take one claimed row to its next state; returns that state (None if not ours)."""
@@ -345,7 +347,7 @@ class Sender:
         while True:
             try:
                 # Committed (with other threads' outcomes) before `run` returns.
-                return self.outcomes.run((notification_id, values, attempt))
+                return self.outcomes.run((notification_id, values, attempt)) is not None
             except DBAPIError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -357,10 +359,20 @@ class Sender:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _write_one(self, connection: Connection, job: _Outcome) -> bool:
+    def _write_one(self, connection: Connection, job: _Outcome) -> dict[str, object] | None:
+        """`sending` -> outcome; guarded by the owner so a swept row is not overwritten.
+
+        Returns the attempt row to insert, or None if the lease was lost.
+        """
         notification_id, values, attempt = job
-        # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
-        return write_outcome(connection, notification_id, self.owner, values, attempt)
+        if not write_outcome(connection, notification_id, self.owner, values):
+            return None
+        return {"notification_id": notification_id, **attempt}
+
+    def _insert_attempts(
+        self, connection: Connection, attempts: list[dict[str, object] | None]
+    ) -> None:
+        insert_attempts(connection, [attempt for attempt in attempts if attempt is not None])
 
 
 # How long a worker keeps trying to record an outcome while the database is down.
