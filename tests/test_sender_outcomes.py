@@ -1,0 +1,123 @@
+"""Recording what the provider said: sends finishing together share a commit, each keeps its
+own guarantees (the lease owner guard, the retry while the database is down)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
+
+from dispatch_notifier import outbox
+from dispatch_notifier.db import get_db
+from dispatch_notifier.models import Attempt, Notification
+from dispatch_notifier.sender import Sender
+from dispatch_notifier.sms import SendOutcome
+from tests.conftest import fulfillment, post_shopify
+
+
+class TogetherBackend:
+    """Answers `sent` only once `n` sends are in flight, so they all finish together."""
+
+    name = "together"
+
+    def __init__(self, n: int, when_all_in_flight=None) -> None:  # type: ignore[no-untyped-def]
+        self.barrier = threading.Barrier(n, when_all_in_flight, timeout=10)
+
+    def send(self, e164: str, message: str) -> SendOutcome:
+        self.barrier.wait()
+        return SendOutcome("sent", http_status=204)
+
+
+def queue_and_claim(app, n: int, owner: str) -> list[int]:  # type: ignore[no-untyped-def]
+    client = app.test_client()
+    for i in range(n):
+        phone = f"+4479112{i:05d}"
+        assert post_shopify(client, fulfillment(5100 + i, 6100 + i, phone=phone)).status_code == 200
+    with get_db(app).session() as session:
+        return outbox.claim(session, owner, n, timedelta(seconds=60))
+
+
+def hold_first_transaction_until_queued(sender: Sender, others: int) -> None:
+    """The first outcome transaction stays open until `others` outcomes wait behind it."""
+    committer, write = sender.outcomes, sender.outcomes.write
+    first = threading.Event()
+
+    def write_after_queue(connection, job):  # type: ignore[no-untyped-def]
+        if not first.is_set():
+            first.set()
+            for _ in range(1000):
+                if len(committer._queue) >= others:
+                    break
+                threading.Event().wait(0.01)
+        return write(connection, job)
+
+    committer.write = write_after_queue
+
+
+def statuses(app) -> dict[int, tuple[str, str | None]]:  # type: ignore[no-untyped-def]
+    with get_db(app).session() as session:
+        result = session.execute(
+            select(Notification.id, Notification.status, Notification.lease_owner)
+        )
+        return {row.id: (row.status, row.lease_owner) for row in result}
+
+
+def attempts(app) -> int:  # type: ignore[no-untyped-def]
+    with get_db(app).session() as session:
+        return session.scalar(select(func.count()).select_from(Attempt)) or 0
+
+
+def test_outcomes_of_sends_finishing_together_are_committed_in_fewer_transactions(app):
+    ids = queue_and_claim(app, 6, "w1")
+    sender = Sender(app, get_db(app), TogetherBackend(6), "w1")
+    hold_first_transaction_until_queued(sender, 5)
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(sender.send_one, ids))
+    assert results == ["sent"] * 6
+    assert statuses(app) == {i: ("sent", None) for i in ids}
+    assert attempts(app) == 6
+    assert sender.outcomes.transactions < 6
+
+
+def test_a_row_whose_lease_was_taken_over_is_not_overwritten_and_its_neighbours_are_recorded(app):
+    ids = queue_and_claim(app, 4, "w1")
+    stolen = ids[0]
+
+    def lose_a_lease() -> None:  # e.g. swept while the worker could not renew it
+        with get_db(app).session() as session:
+            session.execute(
+                update(Notification)
+                .where(Notification.id == stolen)
+                .values(lease_owner="w2", status="unknown")
+            )
+            session.commit()
+
+    sender = Sender(app, get_db(app), TogetherBackend(4, lose_a_lease), "w1")
+    hold_first_transaction_until_queued(sender, 3)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(sender.send_one, ids))
+    rows = statuses(app)
+    assert rows[stolen] == ("unknown", "w2")
+    assert all(rows[i] == ("sent", None) for i in ids[1:])
+    assert attempts(app) == 3
+
+
+def test_an_outcome_write_failing_on_a_database_error_is_retried_until_recorded(app):
+    [nid] = queue_and_claim(app, 1, "w1")
+    sender = Sender(app, get_db(app), TogetherBackend(1), "w1")
+    write, failures = sender.outcomes.write, []
+
+    def write_failing_twice(connection, job):  # type: ignore[no-untyped-def]
+        if len(failures) < 2:
+            failures.append(job[0])
+            raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+        return write(connection, job)
+
+    sender.outcomes.write = write_failing_twice
+    assert sender.send_one(nid) == "sent"
+    assert failures == [nid, nid]
+    assert statuses(app) == {nid: ("sent", None)}
+    assert attempts(app) == 1
