@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -32,7 +33,8 @@ class GroupCommit(Generic[Job, Result]):
     Why: a commit (and, on SQLite, taking the one write lock) costs as much as the inserts it
     ends; webhooks arriving together need only one. If a shared transaction fails, each of its
     jobs is written again on its own, so one bad job cannot fail its neighbours.
-    `after(connection, results)` runs once per transaction, before the commit.
+    `after(connection, results)` runs once per transaction, before the commit; `guard` is held
+    around each transaction (e.g. `db.WriterQueue` on SQLite).
     """
 
     def __init__(
@@ -40,10 +42,12 @@ class GroupCommit(Generic[Job, Result]):
         engine: Engine,
         write: Callable[[Connection, Job], Result],
         after: Callable[[Connection, list[Result]], None] | None = None,
+        guard: AbstractContextManager[object] | None = None,
     ) -> None:
         self.engine = engine
         self.write = write
         self.after = after
+        self.guard = guard or nullcontext()
         self._queue: list[_Ticket[Job, Result]] = []
         self._writing = False
         self._changed = threading.Condition()
@@ -91,7 +95,7 @@ class GroupCommit(Generic[Job, Result]):
                 ticket.done = True
 
     def _transaction(self, batch: list[_Ticket[Job, Result]]) -> None:
-        with self.engine.begin() as connection:
+        with self.guard, self.engine.begin() as connection:
             results = [self.write(connection, ticket.job) for ticket in batch]
             if self.after is not None:
                 self.after(connection, results)

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, text,
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
-from dispatch_notifier.db import insert_ignoring_conflicts
+from dispatch_notifier.db import insert_ignoring_conflicts, writer_queue
 from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.group_commit import GroupCommit
 from dispatch_notifier.models import (
@@ -86,7 +86,7 @@ def _committer(engine: Engine) -> GroupCommit[_IngestJob, IngestResult]:
     with _committers_lock:
         committer = _committers.get(engine)
         if committer is None:
-            committer = GroupCommit(engine, _record, _wake_workers)
+            committer = GroupCommit(engine, _record, _wake_workers, writer_queue(engine))
             _committers[engine] = committer
         return committer
 

@@ -114,3 +114,23 @@ def test_an_interrupted_write_does_not_leave_callers_waiting(engine) -> None:  #
     committer.write = write_row
     assert committer.run("y")
     assert stored(engine) == ["y"]
+
+
+def test_sqlite_writers_queue_on_a_lock_file_across_processes(tmp_path) -> None:
+    from dispatch_notifier.db import WriterQueue, writer_queue
+
+    path = str(tmp_path / "db.sqlite3")
+    # Two queues on one file stand for two processes: each has its own open file, as after fork.
+    first, second = WriterQueue(path), WriterQueue(path)
+    order: list[str] = []
+    with first:
+        waiter = threading.Thread(target=lambda: (second.__enter__(), order.append("second")))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive()  # blocked while the first holds it
+        order.append("first done")
+    waiter.join(5)
+    second.__exit__(None, None, None)
+    assert order == ["first done", "second"]
+    assert writer_queue(make_engine(f"sqlite:///{path}")) is not None
+    assert writer_queue(make_engine("sqlite://")) is None
