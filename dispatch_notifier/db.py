@@ -144,6 +144,14 @@ class Database:
         pooled = {"pool_size": max(10, threads)} if not url.startswith("sqlite") else {}
         self.engine = make_engine(url, **pooled)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # For a transaction that is one statement: on PostgreSQL in autocommit, one round trip
+        # instead of BEGIN, the statement and COMMIT. SQLite keeps its BEGIN IMMEDIATE: its
+        # driver has no autocommit that would also end the transaction that event opens.
+        self.single_statement = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.is_postgres
+            else self.engine
+        )
 
     @property
     def is_postgres(self) -> bool:

@@ -159,8 +159,9 @@ class Lookup:
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[float, Current | None]] = {}
 
     def find(
-        self, connection: Connection, kind: str, locale: str | None, fallback_locale: str
+        self, connection: Connection | Session, kind: str, locale: str | None, fallback_locale: str
     ) -> Current | None:
+        """`connection` is used only when the answer is not cached (a Session then opens one)."""
         wanted = _wanted_locales(locale, fallback_locale)
         key = (kind, tuple(wanted))
         if self.ttl > 0:
@@ -176,7 +177,7 @@ class Lookup:
         return found
 
     @staticmethod
-    def _read(connection: Connection, kind: str, wanted: list[str]) -> Current | None:
+    def _read(connection: Connection | Session, kind: str, wanted: list[str]) -> Current | None:
         rows = connection.execute(_CURRENT, {"kind": kind, "locales": wanted}).all()
         by_locale = {row.locale.lower(): row for row in rows}
         for candidate in wanted:

@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, bindparam, insert, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, exists, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts, writer_queue
 from dispatch_notifier.events import DispatchEvent
+from dispatch_notifier.gate import GATE_NAME
 from dispatch_notifier.group_commit import GroupCommit
 from dispatch_notifier.models import (
     CLAIMABLE_STATUSES,
@@ -27,7 +28,9 @@ from dispatch_notifier.models import (
     Attempt,
     Delivery,
     Notification,
+    SendGate,
     Source,
+    Suppression,
     utcnow,
 )
 from dispatch_notifier.platforms import Parsed
@@ -295,6 +298,13 @@ _MARK_SENDING = (
     .where(_N.c.id == bindparam("_id"), _GUARD_OWNER, _GUARD_CLAIMABLE)
     .values(status=SENDING, attempts=_N.c.attempts + 1)
 )
+# `_MARK_SENDING`, also refused while the number is suppressed or the provider pause is on: the
+# checks a send makes in its transaction, folded into the statement that commits its intent.
+_G = SendGate.__table__.c
+_MARK_SENDING_IF_CLEAR = _MARK_SENDING.where(
+    ~exists().where(Suppression.__table__.c.phone == bindparam("_phone")),
+    ~exists().where(_G.name == GATE_NAME, _G.paused_until > bindparam("_now")),
+)
 _RELEASE = (
     update(_N)
     .where(_N.c.id == bindparam("_id"), _GUARD_OWNER, _GUARD_CLAIMABLE)
@@ -336,6 +346,23 @@ def mark_sending(
         {"_id": notification_id, "_owner": owner, "updated_at": utcnow(), **_columns(values)},
     )
     session.commit()
+    return result.rowcount == 1
+
+
+def mark_sending_if_clear(
+    engine: Engine, notification_id: int, owner: str, values: dict[str, object]
+) -> bool:
+    """`mark_sending` as one statement in a transaction of its own, refused (False) if the row is
+    not ours and claimable, its number (`values["phone"]`) is suppressed, or sends are paused.
+
+    A refusal changes nothing: the caller finds out which it was the careful way. Pass
+    `Database.single_statement` for one round trip on PostgreSQL.
+    """
+    now = utcnow()
+    params = {"_id": notification_id, "_owner": owner, "_now": now, "updated_at": now}
+    params["_phone"] = values["phone"]
+    with engine.begin() as connection:
+        result = connection.execute(_MARK_SENDING_IF_CLEAR, {**params, **_columns(values)})
     return result.rowcount == 1
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import Connection, Row, bindparam, select
@@ -30,7 +30,14 @@ from dispatch_notifier.models import (
     Suppression,
     utcnow,
 )
-from dispatch_notifier.outbox import defer, finish, insert_attempts, mark_sending, write_outcome
+from dispatch_notifier.outbox import (
+    defer,
+    finish,
+    insert_attempts,
+    mark_sending,
+    mark_sending_if_clear,
+    write_outcome,
+)
 from dispatch_notifier.retry import RetryPolicy
 from dispatch_notifier.sms import SendOutcome, SmsBackend
 
@@ -38,30 +45,28 @@ log = logging.getLogger(__name__)
 
 _N, _S = Notification.__table__.c, Source.__table__.c
 # The claimed row and what the send needs of its source, in one Core query (no ORM objects).
-_LOAD = (
-    select(
-        _N.id,
-        _N.status,
-        _N.lease_owner,
-        _N.attempts,
-        _N.kind,
-        _N.event.label("event_json"),
-        _N.requested_by,
-        _N.created_at,
-        _N.updated_at,
-        _N.source_id,
-        _S.name.label("source_name"),
-        _S.shop_name.label("source_shop_name"),
-        _S.default_country.label("source_default_country"),
-        _S.default_locale.label("source_default_locale"),
-        _S.timezone.label("source_timezone"),
-        _S.quiet_hours.label("source_quiet_hours"),
-        # Saves the round trip `gate.acquire` would make for it when no rate limit is set.
-        gate.PAUSED_UNTIL.label("gate_paused_until"),
-    )
-    .join_from(Notification.__table__, Source.__table__, _S.id == _N.source_id)
-    .where(_N.id == bindparam("id"))
-)
+_LOAD_ANY = select(
+    _N.id,
+    _N.status,
+    _N.lease_owner,
+    _N.attempts,
+    _N.kind,
+    _N.event.label("event_json"),
+    _N.requested_by,
+    _N.created_at,
+    _N.updated_at,
+    _N.source_id,
+    _S.name.label("source_name"),
+    _S.shop_name.label("source_shop_name"),
+    _S.default_country.label("source_default_country"),
+    _S.default_locale.label("source_default_locale"),
+    _S.timezone.label("source_timezone"),
+    _S.quiet_hours.label("source_quiet_hours"),
+    # Saves the round trip `gate.acquire` would make for it when no rate limit is set.
+    gate.PAUSED_UNTIL.label("gate_paused_until"),
+).join_from(Notification.__table__, Source.__table__, _S.id == _N.source_id)
+_LOAD_MANY = _LOAD_ANY.where(_N.id.in_(bindparam("ids", expanding=True)))
+_LOAD = _LOAD_ANY.where(_N.id == bindparam("id"))
 _SUPPRESSED = (
     select(Suppression.__table__.c.id)
     .where(Suppression.__table__.c.phone == bindparam("phone"))
@@ -86,6 +91,15 @@ class Prepared:
     error_code: str | None = None
 
 
+@dataclass(frozen=True)
+class _Started:
+    """A row committed as `sending`: what to send, and what recording the outcome needs."""
+
+    prepared: Prepared
+    attempts: int
+    created_at: datetime
+
+
 class Sender:
     """Sends claimed notifications for one worker; safe to call from several threads."""
 
@@ -105,11 +119,69 @@ class Sender:
             db.engine, self._write_one, self._insert_attempts
         )
 
-    def send_one(self, notification_id: int) -> str | None:
-        """Take one claimed row to its next state; returns that state (None if not ours)."""
+    def load(self, ids: list[int]) -> dict[int, Row]:
+        """The claimed rows and their sources, in one query for a whole claim."""
+        if not ids:
+            return {}
+        with self.db.engine.connect() as connection:
+            return {row.id: row for row in connection.execute(_LOAD_MANY, {"ids": list(ids)})}
+
+    def send_one(self, notification_id: int, row: Row | None = None) -> str | None:
+        """Take one claimed row to its next state; returns that state (None if not ours).
+
+        `row`: the notification as `load` read it at claim time, if the caller has it.
+        """
+        started = self._start_quickly(row) if row is not None else None
+        if started is None:
+            started = self._start(notification_id)
+        if not isinstance(started, _Started):
+            return started
+        prepared = started.prepared
+        started_at, clock = utcnow(), time.monotonic()
+        try:
+            outcome = self.backend.send(prepared.e164 or "", prepared.message or "")
+        except Exception as exc:  # a bug in a backend must not leave the row in `sending`
+            log.exception("SMS backend raised for notification %s", notification_id)
+            outcome = SendOutcome(
+                UNKNOWN, f"the SMS backend failed: {type(exc).__name__}", type(exc).__name__
+            )
+        duration_ms = int((time.monotonic() - clock) * 1000)
+        return self._record(
+            notification_id, outcome, started.attempts, started.created_at, started_at, duration_ms
+        )
+
+    def _start_quickly(self, row: Row) -> _Started | None:
+        """The common case in one statement: nothing to hold, skip or decide, only to send.
+
+        Returns None whenever anything is out of the ordinary (a rate limit to count, a pause,
+        quiet hours, an outcome without sending, or the guarded update refused): `_start` then
+        reads the row afresh and decides in a transaction, as if this had not been tried.
+        """
+        if self.rate_limit is not None or not self._ours(row):
+            return None
+        now = utcnow()
+        if row.gate_paused_until is not None and row.gate_paused_until > now:
+            return None
+        if row.requested_by is None and self.policy.expired(row.created_at, now):
+            return None
+        event = DispatchEvent.from_json(row.event_json)
+        if event.needs_enrichment:  # a call to the platform, to be made once, in `_start`
+            return None
+        with self.db.session() as session:  # opens a connection only on a template cache miss
+            prepared = self.prepare(session, row, check_suppression=False, event=event)
+        if prepared.outcome is not None or self._quiet_until(row, prepared, now) is not None:
+            return None
+        fields = self._sending_fields(row, prepared)
+        if not mark_sending_if_clear(self.db.single_statement, row.id, self.owner, fields):
+            return None
+        return self._started(row, prepared)
+
+    def _start(self, notification_id: int) -> _Started | str | None:
+        """Everything before the HTTP call, in one transaction: returns what to send, or the
+        state the row was taken to instead (None if it is not ours)."""
         with self.db.session() as session:
             row = session.connection().execute(_LOAD, {"id": notification_id}).first()
-            if row is None or row.lease_owner != self.owner or row.status not in CLAIMABLE_STATUSES:
+            if row is None or not self._ours(row):
                 return None
             # A deliberate resend is not held to the age bound of the original event.
             if row.requested_by is None and self.policy.expired(row.created_at, utcnow()):
@@ -119,36 +191,47 @@ class Sender:
             prepared = self.prepare(session, row)
             if prepared.outcome is not None:
                 return self._finish_prepared(session, row, prepared)
-            fields = {
-                "phone": prepared.e164,
-                "phone_tail": prepared.e164[-4:] if prepared.e164 else None,
-                "message": prepared.message,
-                "template_version_id": prepared.template_version_id,
-                "locale": prepared.locale,
-                "backend": self.backend.name,
-                "error": None,
-                "error_code": None,
-            }
-            if prepared.event is not None and prepared.event.to_json() != row.event_json:
-                fields["event_json"] = prepared.event.to_json()
+            fields = self._sending_fields(row, prepared)
             held = self._hold(session, row, prepared)
             if held is not None:
                 return held
             if not mark_sending(session, row.id, self.owner, fields):
                 return None
-            attempts = row.attempts + 1
-            created_at = row.created_at if row.requested_by is None else row.updated_at
+            return self._started(row, prepared)
 
-        started_at, started = utcnow(), time.monotonic()
+    def _ours(self, row: Row) -> bool:
+        return row.lease_owner == self.owner and row.status in CLAIMABLE_STATUSES
+
+    def _sending_fields(self, row: Row, prepared: Prepared) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "phone": prepared.e164,
+            "phone_tail": prepared.e164[-4:] if prepared.e164 else None,
+            "message": prepared.message,
+            "template_version_id": prepared.template_version_id,
+            "locale": prepared.locale,
+            "backend": self.backend.name,
+            "error": None,
+            "error_code": None,
+        }
+        if prepared.event is not None and prepared.event.to_json() != row.event_json:
+            fields["event_json"] = prepared.event.to_json()
+        return fields
+
+    @staticmethod
+    def _started(row: Row, prepared: Prepared) -> _Started:
+        created_at = row.created_at if row.requested_by is None else row.updated_at
+        return _Started(prepared, row.attempts + 1, created_at)
+
+    def _quiet_until(self, row: Row, prepared: Prepared, now: datetime) -> datetime | None:
+        return quiet.hold_until(self._quiet_hours(row), prepared.e164, row.source_timezone, now)
+
+    @staticmethod
+    def _quiet_hours(row: Row) -> quiet.QuietHours | None:
         try:
-            outcome = self.backend.send(prepared.e164 or "", prepared.message or "")
-        except Exception as exc:  # a bug in a backend must not leave the row in `sending`
-            log.exception("SMS backend raised for notification %s", notification_id)
-            outcome = SendOutcome(
-                UNKNOWN, f"the SMS backend failed: {type(exc).__name__}", type(exc).__name__
-            )
-        duration_ms = int((time.monotonic() - started) * 1000)
-        return self._record(notification_id, outcome, attempts, created_at, started_at, duration_ms)
+            return quiet.parse_quiet_hours(row.source_quiet_hours)
+        except ValueError:
+            log.warning("source %s: ignoring unreadable quiet hours", row.source_name)
+            return None
 
     def _hold(self, session, row: Row, prepared: Prepared) -> str | None:  # type: ignore[no-untyped-def]
         """Quiet hours, then the shared gate; a held row waits without using an attempt.
@@ -156,11 +239,7 @@ class Sender:
         Taking a gate slot stays in the transaction that marks the row `sending`.
         """
         now = utcnow()
-        try:
-            window = quiet.parse_quiet_hours(row.source_quiet_hours)
-        except ValueError:
-            log.warning("source %s: ignoring unreadable quiet hours", row.source_name)
-            window = None
+        window = self._quiet_hours(row)
         until = quiet.hold_until(window, prepared.e164, row.source_timezone, now)
         if until is not None:
             reason = f"quiet hours ({window}): waiting until {until:%Y-%m-%d %H:%M} UTC"
@@ -177,12 +256,20 @@ class Sender:
         log.debug("notification %s held until %s (%s)", notification_id, until, code or "gate")
         return status
 
-    def prepare(self, session, row: Row) -> Prepared:  # type: ignore[no-untyped-def]
+    def prepare(  # type: ignore[no-untyped-def]
+        self,
+        session,
+        row: Row,
+        check_suppression: bool = True,
+        event: DispatchEvent | None = None,
+    ) -> Prepared:
         """Everything short of sending: enrichment, number, suppression, template, text.
 
-        `row` is a `_LOAD` row: the notification's columns and its source's, read in one query.
+        `row` is a `_LOAD` row: the notification's columns and its source's, read in one query;
+        `event`, its event if already parsed. `check_suppression=False` leaves the suppression
+        list to the caller's guarded update.
         """
-        event = DispatchEvent.from_json(row.event_json)
+        event = event or DispatchEvent.from_json(row.event_json)
         if event.needs_enrichment:
             source = session.get(Source, row.source_id)
             try:
@@ -200,8 +287,7 @@ class Sender:
                 outcome=SKIPPED, reason=choice.reason, error_code="no_phone", event=event
             )
         # Read fresh for every send: a number suppressed a moment ago must not be texted.
-        connection = session.connection()
-        if connection.execute(_SUPPRESSED, {"phone": choice.e164}).first() is not None:
+        if check_suppression and session.execute(_SUPPRESSED, {"phone": choice.e164}).first():
             return Prepared(
                 outcome=SKIPPED,
                 reason="suppressed",
@@ -211,7 +297,7 @@ class Sender:
             )
         fallback = row.source_default_locale or self.default_locale
         locale = event.locale or fallback
-        template = self.templates.find(connection, row.kind, locale, fallback)
+        template = self.templates.find(session, row.kind, locale, fallback)
         if template is None or template.version_id is None:
             return Prepared(
                 outcome=FAILED,

@@ -15,6 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 
 from flask import Flask
+from sqlalchemy import Row
+from sqlalchemy.exc import DBAPIError
 
 from dispatch_notifier import gate, outbox
 from dispatch_notifier.db import get_db
@@ -181,10 +183,12 @@ class Worker:
             ids = outbox.claim(session, self.owner, free, self.lease)
         if not ids:
             self._idle = "no work"
+        rows = self._load(ids)
         for notification_id in ids:
+            row = rows.get(notification_id)
             # Submit under the lock: a fast send must not finish before it is registered.
             with self._lock:
-                self._in_flight[notification_id] = pool.submit(self._send, notification_id)
+                self._in_flight[notification_id] = pool.submit(self._send, notification_id, row)
         return bool(ids)
 
     def run_until_idle(self, max_rounds: int = 1000) -> None:
@@ -196,14 +200,22 @@ class Worker:
                 if not claimed:
                     break
 
-    def _send(self, notification_id: int) -> str | None:
+    def _load(self, ids: list[int]) -> dict[int, Row]:
+        """The claimed rows in one query; without it each send reads its own row."""
+        try:
+            return self.sender.load(ids)
+        except DBAPIError as exc:
+            log.warning("could not read the claimed rows (%s)", type(exc).__name__)
+            return {}
+
+    def _send(self, notification_id: int, row: Row | None = None) -> str | None:
         try:
             if self._stop.is_set():
                 # Claimed but not started: give it back for another worker, untouched.
                 with self.db.session() as session:
                     outbox.release(session, notification_id, self.owner)
                 return None
-            return self.sender.send_one(notification_id)
+            return self.sender.send_one(notification_id, row)
         except Exception:
             log.exception("sending notification %s failed", notification_id)
             return None
