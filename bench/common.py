@@ -267,6 +267,15 @@ class Service:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(5)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the process has used so far (all its threads); 0 once it has ended."""
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -59,6 +59,7 @@ def main() -> None:
             "SMS/s",
             "× limit",
             "× baseline",
+            "worker CPU ms / SMS",
             "sent",
             "target ≥ 0.85 × limit",
         ],
@@ -79,6 +80,15 @@ def steady_rate(times: list[float]) -> float | None:
     lo, hi = int(len(times) * 0.1), int(len(times) * 0.9)
     span = times[hi] - times[lo]
     return (hi - lo) / span if span > 0 else None
+
+
+def cpu_per_send(samples: list[tuple[int, float]], backlog: int) -> float | None:
+    """Milliseconds of worker CPU per SMS between 10 % and 90 % of the backlog (steady state)."""
+    start = next((s for s in samples if s[0] >= backlog * 0.1), None)
+    end = next((s for s in samples if s[0] >= backlog * 0.9), None)
+    if start is None or end is None or end[0] <= start[0]:
+        return None
+    return (end[1] - start[1]) * 1000 / (end[0] - start[0])
 
 
 def direct_baseline(fake: FakeDotdigital, threads: int, seconds: float) -> float:
@@ -129,16 +139,19 @@ def drain(
     procs = start_workers(url, folder, fake, workers, SEND_CONCURRENCY=concurrency)
     # Bounded: at a tenth of the limit it would still finish; beyond that, report what was sent.
     deadline = time.monotonic() + 20 + args.backlog / (0.1 * limit)
+    samples: list[tuple[int, float]] = []  # (SMS sent so far, CPU seconds of the workers)
     try:
         while len(fake.sent) < args.backlog and time.monotonic() < deadline:
             if any(p.process.poll() is not None for p in procs):
                 raise RuntimeError("a worker exited:\n" + procs[0].log_tail())
+            samples.append((len(fake.sent), sum(p.cpu_seconds() for p in procs)))
             time.sleep(0.1)
     finally:
         for p in procs:
             p.stop()
     sent = fake.sent
     rate = steady_rate([s.at for s in sent])
+    cpu = cpu_per_send(samples, args.backlog)
     ok = rate is not None and rate >= TARGET_VS_LIMIT * limit and len(sent) == args.backlog
     return [
         db,
@@ -149,6 +162,7 @@ def drain(
         rate,
         common.ratio(rate, limit),
         common.ratio(rate, baseline),
+        cpu,
         f"{len(sent)}/{args.backlog}",
         common.verdict(ok),
     ]
