@@ -13,7 +13,18 @@ from datetime import datetime, timedelta
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, bindparam, exists, insert, or_, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    exists,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -291,7 +302,9 @@ def claim(session: Session, owner: str, limit: int, lease: timedelta) -> list[in
 # of the guards are prefixed with `_` so they cannot be taken for columns.
 _N = Notification.__table__
 _GUARD_OWNER = _N.c.lease_owner == bindparam("_owner")
-_GUARD_CLAIMABLE = _N.c.status.in_(CLAIMABLE_STATUSES)
+# IN over bound constants: a plain list would be an "expanding" parameter, re-rendered into the
+# SQL on every execution (~4 % of a sender's CPU).
+_GUARD_CLAIMABLE = _N.c.status.in_([literal(status) for status in CLAIMABLE_STATUSES])
 _RENEW = update(_N).where(_N.c.id.in_(bindparam("_ids", expanding=True)), _GUARD_OWNER)
 _MARK_SENDING = (
     update(_N)

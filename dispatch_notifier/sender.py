@@ -171,7 +171,7 @@ class Sender:
             prepared = self.prepare(session, row, check_suppression=False, event=event)
         if prepared.outcome is not None or self._quiet_until(row, prepared, now) is not None:
             return None
-        fields = self._sending_fields(row, prepared)
+        fields = self._sending_fields(row, prepared, enriched=False)
         if not mark_sending_if_clear(self.db.single_statement, row.id, self.owner, fields):
             return None
         return self._started(row, prepared)
@@ -202,7 +202,10 @@ class Sender:
     def _ours(self, row: Row) -> bool:
         return row.lease_owner == self.owner and row.status in CLAIMABLE_STATUSES
 
-    def _sending_fields(self, row: Row, prepared: Prepared) -> dict[str, object]:
+    def _sending_fields(
+        self, row: Row, prepared: Prepared, enriched: bool = True
+    ) -> dict[str, object]:
+        """The row's columns as of its send. `enriched=False`: the event is as stored."""
         fields: dict[str, object] = {
             "phone": prepared.e164,
             "phone_tail": prepared.e164[-4:] if prepared.e164 else None,
@@ -213,7 +216,7 @@ class Sender:
             "error": None,
             "error_code": None,
         }
-        if prepared.event is not None and prepared.event.to_json() != row.event_json:
+        if enriched and prepared.event is not None and prepared.event.to_json() != row.event_json:
             fields["event_json"] = prepared.event.to_json()
         return fields
 
