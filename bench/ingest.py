@@ -6,6 +6,7 @@ Baselines in the same run and under the same gunicorn settings: (a) bare Flask a
 
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,6 +21,9 @@ TARGET_P99_MS = 25.0
 def main() -> None:
     parser = common.base_parser(__doc__ or "")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per closed-loop run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="closed-loop runs of each server, interleaved"
+    )
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--workers", type=int, default=2, help="web processes (each 4 threads)")
@@ -32,7 +36,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.smoke:
-        args.duration, args.half_rate_duration = 1.0, 1.0
+        args.duration, args.half_rate_duration, args.rounds = 1.0, 1.0, 1
     use_wrk = args.generator == "wrk" or (args.generator == "auto" and common.have_wrk())
     if args.generator == "wrk" and not common.have_wrk():
         sys.exit(common.WRK_INSTALL_HINT)
@@ -50,7 +54,7 @@ def main() -> None:
             checks.append(result["check"])
 
     common.print_table(
-        "Webhook ingestion, closed loop (maximum rate)",
+        f"Webhook ingestion, closed loop (maximum rate), {args.rounds} interleaved rounds: medians",
         [
             "database",
             "server",
@@ -58,6 +62,7 @@ def main() -> None:
             "req/s",
             "× (a) bare",
             "× (b) store",
+            "× (b) each round",
             "p50 ms",
             "p99 ms",
             "non-2xx",
@@ -99,79 +104,79 @@ def main() -> None:
     )
 
 
-def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict:  # type: ignore[no-untyped-def]
-    # Enough distinct deliveries that no closed-loop run can wrap around (a bound, not a guess:
-    # wrk stops each thread at the end of its slice).
-    per_run = 200 if args.smoke else int(12_000 * args.duration)
-    closed = common.distinct_deliveries(per_run)
-    closed_file = common.write_requests(folder / f"closed-{db}.tsv", closed)
-    warm = common.distinct_deliveries(100 if not args.smoke else 20, start=10_000_000)
-    results: dict[str, common.LoadResult] = {}
-    for server in ("bare", "store", "app"):
-        service = (
-            common.start_serve(url, folder, workers=args.workers)
-            if server == "app"
-            else common.start_baseline(
-                "ok" if server == "bare" else "store", url, folder, workers=args.workers
-            )
-        )
-        try:
-            common.say(f"{db}: {server}: warming up, then {args.duration:.0f}s closed loop")
-            # Warm-up deliveries are distinct too (they are stored by the app and the baseline).
-            common.python_load(service, warm, rate=None, duration=5, connections=4)
-            if use_wrk:
-                results[server] = common.run_wrk(
-                    service,
-                    closed_file,
-                    duration=args.duration,
-                    threads=args.threads,
-                    connections=args.connections,
-                    repeat=False,
-                )
-            else:
-                results[server] = common.python_load(
-                    service,
-                    closed,
-                    rate=None,
-                    duration=args.duration,
-                    connections=args.connections,
-                )
-            if server == "app":
-                half_rows = half_rate(db, service, results, folder, args)
-        finally:
-            service.stop()
-        if not args.smoke and results[server].requests >= len(closed) - args.connections:
-            common.say(f"{db}: {server}: used every prepared delivery; raise the per-run count")
+SERVERS = (
+    ("bare", "(a) bare Flask 200"),
+    ("store", "(b) bare Flask INSERT+commit"),
+    ("app", "dispatch-notifier serve"),
+)
+# Closed-loop deliveries prepared per run: a bound on the rate, not a guess (wrk stops each thread
+# at the end of its slice, and says so). The app's must be distinct in every run; (a) ignores the
+# body and (b) stores it without a unique key, so they share one file.
+MAX_RATE = {"bare": 12_000, "store": 12_000, "app": 6_000}
+APP_IDS_FROM = 40_000_000  # above the warm-up's and the half-rate runs' ids
 
-    bare, store, app = results["bare"], results["store"], results["app"]
-    rows = []
-    for name, label in (
-        ("bare", "(a) bare Flask 200"),
-        ("store", "(b) bare Flask INSERT+commit"),
-        ("app", "dispatch-notifier serve"),
-    ):
-        r = results[name]
-        ok = None
-        if name == "app":
-            ok = r.rate >= TARGET_VS_STORE * store.rate and r.non_2xx == 0 and r.errors == 0
-        rows.append(
-            [
-                db,
-                label,
-                r.generator,
-                r.rate,
-                common.ratio(r.rate, bare.rate),
-                common.ratio(r.rate, store.rate),
-                r.p50,
-                r.p99,
-                r.non_2xx + r.errors,
-                f"≥ 0.7 × (b): {common.verdict(ok)}" if name == "app" else "",
-            ]
-        )
+
+def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict:  # type: ignore[no-untyped-def]
+    """All three servers run side by side (idle but one); each round loads them one after
+    another, in an order that rotates, so a machine that speeds up or slows down during the run
+    moves every server's figure alike and the ratios come from runs seconds apart."""
+    shared = common.distinct_deliveries(_per_run("bare", args))
+    shared_file = common.write_requests(folder / f"closed-{db}-shared.tsv", shared)
+    services: dict[str, common.Service] = {}
+    rounds: list[dict[str, common.LoadResult]] = []
+    warmed = 0
+    try:
+        for server, _ in SERVERS:
+            services[server] = (
+                common.start_serve(url, folder, workers=args.workers)
+                if server == "app"
+                else common.start_baseline(
+                    "ok" if server == "bare" else "store", url, folder, workers=args.workers
+                )
+            )
+            # Warm-up deliveries are distinct too (they are stored by the app and the baseline).
+            warm = common.distinct_deliveries(20 if args.smoke else 100, start=10_000_000)
+            common.python_load(services[server], warm, rate=None, duration=5, connections=4)
+            warmed += len(warm) if server == "app" else 0
+        for number in range(args.rounds):
+            order = SERVERS[number % 3 :] + SERVERS[: number % 3]
+            results: dict[str, common.LoadResult] = {}
+            for server, _ in order:
+                common.say(
+                    f"{db}: round {number + 1}/{args.rounds}: {server}: "
+                    f"{args.duration:.0f}s closed loop"
+                )
+                if server == "app":
+                    # Own fulfillment ids too: a repeated dispatch would take the duplicate path.
+                    per_run = _per_run("app", args)
+                    deliveries = common.distinct_deliveries(
+                        per_run, start=APP_IDS_FROM + number * per_run
+                    )
+                    requests_file = common.write_requests(
+                        folder / f"closed-{db}-app-{number}.tsv", deliveries
+                    )
+                else:
+                    deliveries, requests_file = shared, shared_file
+                results[server] = _closed_loop(
+                    services[server], deliveries, requests_file, args, use_wrk
+                )
+                if (
+                    not args.smoke
+                    and results[server].requests >= len(deliveries) - args.connections
+                ):
+                    common.say(f"{db}: {server}: used every prepared delivery; raise MAX_RATE")
+            rounds.append(results)
+        half_rows = half_rate(db, services["app"], _median_run(rounds, "app"), folder, args)
+    finally:
+        for service in services.values():
+            service.stop()
+
+    rows = [_row(db, server, label, rounds) for server, label in SERVERS]
     counts = common.counts_by(url, "SELECT result, count(*) FROM deliveries GROUP BY result")
+    answered = sum(r["app"].requests - r["app"].non_2xx for r in rounds)
     check = [
         db,
-        len(warm) + app.requests - app.non_2xx + int(app.extra.get("half_ok", 0)),
+        warmed + answered + sum(int(r["app"].extra.get("half_ok", 0)) for r in rounds),
         sum(counts.values()),
         counts.get("accepted", 0),
         counts.get("duplicate", 0),
@@ -180,10 +185,62 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
     return {"rows": rows, "half": half_rows, "check": check}
 
 
-def half_rate(db: str, service: common.Service, results, folder: Path, args) -> list[list]:  # type: ignore[no-untyped-def]
-    """Open-loop runs at half the app's maximum rate: against the app, and against a bare Flask
-    app at the same rate to show the generator is not what limits the figure."""
-    rate = max(1.0, results["app"].rate / 2)
+def _per_run(server: str, args) -> int:  # type: ignore[no-untyped-def]
+    return 200 if args.smoke else int(MAX_RATE[server] * args.duration)
+
+
+def _closed_loop(service, deliveries, requests_file, args, use_wrk: bool):  # type: ignore[no-untyped-def]
+    if use_wrk:
+        return common.run_wrk(
+            service,
+            requests_file,
+            duration=args.duration,
+            threads=args.threads,
+            connections=args.connections,
+            repeat=False,
+        )
+    return common.python_load(
+        service, deliveries, rate=None, duration=args.duration, connections=args.connections
+    )
+
+
+def _median_run(rounds: list[dict[str, common.LoadResult]], server: str) -> common.LoadResult:
+    """The round whose rate for `server` is the median (the lower middle one for an even count)."""
+    ranked = sorted((r[server] for r in rounds), key=lambda result: result.rate)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def _row(db: str, server: str, label: str, rounds) -> list:  # type: ignore[no-untyped-def]
+    """One server's line: its median round, and its ratios to (a) and (b) taken round by round."""
+    run = _median_run(rounds, server)
+    vs_bare = [common.ratio(r[server].rate, r["bare"].rate) or 0.0 for r in rounds]
+    vs_store = [common.ratio(r[server].rate, r["store"].rate) or 0.0 for r in rounds]
+    failures = sum(r[server].non_2xx + r[server].errors for r in rounds)
+    verdict = ""
+    if server == "app":
+        ok = statistics.median(vs_store) >= TARGET_VS_STORE and failures == 0
+        verdict = f"≥ 0.7 × (b): {common.verdict(ok)}"
+    return [
+        db,
+        label,
+        run.generator,
+        run.rate,
+        statistics.median(vs_bare),
+        statistics.median(vs_store),
+        " ".join(f"{ratio:.2f}" for ratio in vs_store),
+        run.p50,
+        run.p99,
+        failures,
+        verdict,
+    ]
+
+
+def half_rate(
+    db: str, service: common.Service, app: common.LoadResult, folder: Path, args
+) -> list[list]:  # type: ignore[no-untyped-def]
+    """Open-loop runs at half the app's maximum rate (its median round): against the app, and
+    against a bare Flask app at the same rate to show the generator is not what limits it."""
+    rate = max(1.0, app.rate / 2)
     count = int(rate * args.half_rate_duration) + 10
     common.say(f"{db}: open loop at {rate:.0f} req/s for {args.half_rate_duration:.0f}s")
     app_run = common.python_load(
@@ -192,7 +249,7 @@ def half_rate(db: str, service: common.Service, results, folder: Path, args) -> 
         rate=rate,
         duration=args.half_rate_duration,
     )
-    results["app"].extra["half_ok"] = app_run.requests - app_run.non_2xx
+    app.extra["half_ok"] = app_run.requests - app_run.non_2xx
     bare = common.start_baseline("ok", "sqlite://", folder, workers=args.workers)
     try:
         bare_run = common.python_load(
