@@ -372,8 +372,13 @@ def mark_sending_if_clear(
     `Database.single_statement` for one round trip on PostgreSQL.
     """
     now = utcnow()
-    params = {"_id": notification_id, "_owner": owner, "_now": now, "updated_at": now}
-    params["_phone"] = values["phone"]
+    params = {
+        "_id": notification_id,
+        "_owner": owner,
+        "_now": now,
+        "_phone": values["phone"],
+        "updated_at": now,
+    }
     with engine.begin() as connection:
         result = connection.execute(_MARK_SENDING_IF_CLEAR, {**params, **_columns(values)})
     return result.rowcount == 1

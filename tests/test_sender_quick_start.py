@@ -50,6 +50,15 @@ def row_of(app, notification_id: int) -> Notification:  # type: ignore[no-untype
         return session.get(Notification, notification_id)
 
 
+def one_claimed_row(app):  # type: ignore[no-untyped-def]
+    """A notification claimed by "w1", a sender for "w1", and the row as read at claim time."""
+    [nid] = queue_and_claim(app, 1, "w1")
+    db = get_db(app)
+    backend = CountingBackend([])
+    sender = Sender(app, db, backend, "w1")
+    return db, backend, sender, nid, sender.load([nid])[nid]
+
+
 def test_a_send_from_the_claimed_row_commits_its_intent_in_one_statement(app):
     first, second = queue_and_claim(app, 2, "w1")
     db = get_db(app)
@@ -70,11 +79,7 @@ def test_a_send_from_the_claimed_row_commits_its_intent_in_one_statement(app):
 
 
 def test_a_number_suppressed_after_the_claim_is_skipped_not_texted(app):
-    [nid] = queue_and_claim(app, 1, "w1")
-    db = get_db(app)
-    backend = CountingBackend([])
-    sender = Sender(app, db, backend, "w1")
-    row = sender.load([nid])[nid]
+    db, backend, sender, nid, row = one_claimed_row(app)
     with db.session() as session:
         session.add(Suppression(phone="+447911200000", reason="asked to stop"))
         session.commit()
@@ -85,11 +90,7 @@ def test_a_number_suppressed_after_the_claim_is_skipped_not_texted(app):
 
 
 def test_a_provider_pause_begun_after_the_claim_holds_the_send(app):
-    [nid] = queue_and_claim(app, 1, "w1")
-    db = get_db(app)
-    backend = CountingBackend([])
-    sender = Sender(app, db, backend, "w1")
-    row = sender.load([nid])[nid]
+    db, backend, sender, nid, row = one_claimed_row(app)
     assert row.gate_paused_until is None
     with db.session() as session:
         gate.pause(session, utcnow() + timedelta(minutes=5), "provider rate limit (test)")
@@ -100,11 +101,7 @@ def test_a_provider_pause_begun_after_the_claim_holds_the_send(app):
 
 
 def test_a_row_taken_over_after_the_claim_is_left_alone(app):
-    [nid] = queue_and_claim(app, 1, "w1")
-    db = get_db(app)
-    backend = CountingBackend([])
-    sender = Sender(app, db, backend, "w1")
-    row = sender.load([nid])[nid]
+    db, backend, sender, nid, row = one_claimed_row(app)
     with db.session() as session:
         session.execute(update(Notification).where(Notification.id == nid).values(lease_owner="w2"))
         session.commit()
