@@ -27,6 +27,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
+from dispatch_notifier import db
 from dispatch_notifier.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def before_fork(app: Any) -> None:
     database = getattr(app, "extensions", {}).get("db")
     if database is not None:
         database.engine.dispose()  # the master itself never queries; children open their own
+    db.checkpointer.stop()  # the thread of the master's start-up writes, if any
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
     if others:
         log.warning("forking while threads run in the master: %s", ", ".join(others))
