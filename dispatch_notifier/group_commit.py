@@ -95,7 +95,9 @@ class GroupCommit(Generic[Job, Result]):
                 ticket.done = True
 
     def _transaction(self, batch: list[_Ticket[Job, Result]]) -> None:
-        with self.guard, self.engine.begin() as connection:
+        # The guard covers BEGIN to COMMIT only: taking a pooled connection and handing it back
+        # (with its reset) need not keep every other writer of the database waiting.
+        with self.engine.connect() as connection, self.guard, connection.begin():
             results = [self.write(connection, ticket.job) for ticket in batch]
             if self.after is not None:
                 self.after(connection, results)
