@@ -130,6 +130,25 @@ def _post_fork(server: Arbiter, _worker: Any) -> None:
     after_fork_in_child(server.app.wsgi())
 
 
+# Each web process answers one request in this many with "Connection: close".
+CLOSE_CONNECTION_EVERY = 25
+
+
+def _pre_request(worker: Any, request: Any) -> None:
+    """Now and then, end a kept-alive connection after its answer; the client opens a new one.
+
+    Why: a connection stays with the web process that accepted it, and a client that opens its
+    connections in a burst (wrk did; so may a shop platform or a proxy) can leave nine in ten
+    on one process, which then queues requests on one CPU while the other process idles. A new
+    connection goes to whichever process accepts first, usually the idler, so closing some
+    moves the load to where there is room (nginx's `keepalive_requests`, Apache's
+    `MaxKeepAliveRequests`). The process closes one of its connections every
+    CLOSE_CONNECTION_EVERY requests: the busier one closes more.
+    """
+    if worker.nr % CLOSE_CONNECTION_EVERY == CLOSE_CONNECTION_EVERY - 1:
+        request.must_close = True
+
+
 class SenderSupervisor:
     """Forks the sender worker from the master and forks a new one, after a growing pause, if it
     dies. On stop: SIGTERM, then at most `stop_timeout` seconds before SIGKILL."""
@@ -265,6 +284,7 @@ def serve(
                 "preload_app": True,
                 "pre_fork": _pre_fork,
                 "post_fork": _post_fork,
+                "pre_request": _pre_request,
                 # gunicorn's control socket (`gunicornc`) runs a thread in the master, and the
                 # master forks (web workers, the sender) whenever one has to be replaced.
                 "control_socket_disable": True,

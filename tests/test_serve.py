@@ -219,3 +219,19 @@ def listening_sockets(pid: int) -> set[str]:
             if target.startswith("socket:["):
                 held.add(target[len("socket:[") : -1])
     return held & listening
+
+
+def test_a_kept_alive_connection_is_closed_now_and_then_so_load_can_move(env):
+    """Each web process ends one connection in CLOSE_CONNECTION_EVERY with its answer; the
+    client's next request opens a new one, which the least busy process tends to accept."""
+    from dispatch_notifier.serve import CLOSE_CONNECTION_EVERY
+
+    process, url = start(env, "--workers", "1", "--no-worker")
+    try:
+        with requests.Session() as session:
+            answers = [session.get(f"{url}/healthz") for _ in range(2 * CLOSE_CONNECTION_EVERY)]
+        assert {answer.status_code for answer in answers} == {200}
+        closing = [a for a in answers if a.headers.get("Connection", "").lower() == "close"]
+        assert len(closing) == 2
+    finally:
+        stop(process)
