@@ -674,7 +674,12 @@ def python_load(
         p90=percentile(latencies, 90),
         p99=percentile(latencies, 99),
         max=max(latencies) if latencies else None,
-        extra={"send_lag_p99": percentile(lags, 99), "target_rate": rate},
+        extra={
+            "send_lag_p99": percentile(lags, 99),
+            "target_rate": rate,
+            "latencies": latencies,  # to pool several runs' percentiles
+            "lags": lags,
+        },
     )
 
 
