@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import Notification, utcnow
+from dispatch_notifier.samples import SAMPLE_EVENT
 from dispatch_notifier.worker import Worker
 from tests.conftest import fulfillment, post_shopify
 
@@ -88,3 +89,48 @@ def test_mark_sending_refuses_a_row_whose_lease_was_taken_over(app):
         session.execute(update(Notification).values(lease_owner="b"))
         session.commit()
         assert outbox.mark_sending(session, nid, "a", {}) is False
+
+
+def _captured_claim(db) -> tuple[str, object]:  # type: ignore[no-untyped-def]
+    """The SQL and parameters of one real claim, as the driver received them."""
+    seen: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("UPDATE notifications SET lease_owner"):
+            seen.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        with db.session() as session:
+            assert len(outbox.claim(session, "a", 32, timedelta(seconds=60))) == 32
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    return seen[0]
+
+
+def test_a_claim_reads_the_due_rows_from_the_claimable_index_without_sorting_the_backlog(app):
+    queue(app, 1)
+    db = get_db(app)
+    with db.session() as session:
+        source_id = session.scalar(select(Notification.source_id))
+        now = utcnow() - timedelta(seconds=1)
+        rows = [
+            outbox.pending_row(
+                source_id, None, SAMPLE_EVENT.with_changes(order_id=f"9{i}", shipment_id="1"), now
+            )
+            for i in range(3000)
+        ]
+        session.execute(Notification.__table__.insert(), rows)
+        session.commit()
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+    statement, parameters = _captured_claim(db)
+    with db.engine.connect() as connection:
+        if db.is_postgres:
+            plan = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
+        else:
+            explained = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            plan = [row[-1] for row in explained]
+    text = "\n".join(plan)
+    assert "ix_notifications_claimable" in text, text
+    assert "Sort" not in text and "TEMP B-TREE" not in text, text
