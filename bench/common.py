@@ -357,6 +357,31 @@ def dotdigital_settings(fake_url: str) -> dict[str, str]:
     }
 
 
+def cpu_seconds_of(command: str) -> float | None:
+    """User + system CPU used so far by every process whose name is `command` (e.g. the local
+    PostgreSQL server's processes); None if there is none on this machine to read."""
+    total, found = 0.0, False
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat_path.read_text().rpartition(")")
+        except OSError:
+            continue
+        if head.partition("(")[2] == command:
+            fields = rest.split()
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
+
+
 def rss_of_tree(pid: int) -> int:
     """Resident memory of a process and all its descendants, in bytes."""
     return memory_of_tree(pid, pss=False)[0]
