@@ -272,10 +272,10 @@ class Service:
         """User + system CPU the process has used so far (all its threads); 0 once it has ended."""
         try:
             with open(f"/proc/{self.process.pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+                _name, ticks = _name_and_cpu_ticks(stat.read())
         except (OSError, IndexError):
             return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -361,17 +361,22 @@ def dotdigital_settings(fake_url: str) -> dict[str, str]:
 def cpu_seconds_of(command: str) -> float | None:
     """User + system CPU used so far by every process whose name is `command` (e.g. the local
     PostgreSQL server's processes); None if there is none on this machine to read."""
-    total, found = 0.0, False
+    total, found = 0, False
     for stat_path in Path("/proc").glob("[0-9]*/stat"):
         try:
-            head, _, rest = stat_path.read_text().rpartition(")")
-        except OSError:
+            name, ticks = _name_and_cpu_ticks(stat_path.read_text())
+        except (OSError, IndexError):
             continue
-        if head.partition("(")[2] == command:
-            fields = rest.split()
-            total += int(fields[11]) + int(fields[12])
-            found = True
+        if name == command:
+            total, found = total + ticks, True
     return total / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def _name_and_cpu_ticks(stat: str) -> tuple[str, int]:
+    """A process's name and its user + system CPU in clock ticks, from /proc/<pid>/stat."""
+    head, _, rest = stat.rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[11]) + int(fields[12])
 
 
 def machine_cpu() -> tuple[float, float]:
