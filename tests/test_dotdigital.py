@@ -2,72 +2,154 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
-import responses
-from responses import matchers
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+)
 
 from dispatch_notifier.sms.dotdigital import (
     DotdigitalClient,
     classify_exception,
     classify_response,
 )
+from dispatch_notifier.testing.fake_dotdigital import Drop, FakeDotdigital
 
 API = "https://r1-api.dotdigital.com"
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as it arrived on the wire."""
+
+    method: str
+    target: str  # the request line's target: a path, or an absolute URL through a proxy
+    headers: dict[str, str]  # names in lower case: HTTP header names are case-insensitive
+    body: bytes
+    client_port: int  # which TCP connection it came on
+
+
+class Recorder:
+    """A real local HTTP server that records every request and answers 204."""
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real API does
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                recorder.seen.append(
+                    Seen(
+                        self.command,
+                        self.path,
+                        {k.lower(): v for k, v in self.headers.items()},
+                        self.rfile.read(length),
+                        self.client_address[1],
+                    )
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 @pytest.fixture
-def client() -> DotdigitalClient:
-    return DotdigitalClient(API + "/", "apiuser@apiconnector.com", "pw", timeout=(2.0, 7.0))
+def recorder() -> Iterator[Recorder]:
+    server = Recorder()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
 
 
-@responses.activate
-def test_send_posts_the_message_to_the_digits_only_number_with_basic_auth(client):
-    responses.post(
-        f"{API}/v2/sms-messages/send-to/447911123456",
-        status=204,
-        match=[
-            matchers.json_params_matcher({"message": "Hello"}),
-            matchers.header_matcher(
-                {"Authorization": "Basic YXBpdXNlckBhcGljb25uZWN0b3IuY29tOnB3"}
-            ),
-            matchers.request_kwargs_matcher({"timeout": (2.0, 7.0)}),
-        ],
+@pytest.fixture
+def no_proxy_settings(monkeypatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture
+def client(recorder, no_proxy_settings) -> DotdigitalClient:
+    return DotdigitalClient(
+        recorder.url + "/", "apiuser@apiconnector.com", "pw", timeout=(2.0, 7.0)
     )
+
+
+def test_send_posts_the_message_to_the_digits_only_number_with_basic_auth(client, recorder):
     outcome = client.send("+447911123456", "Hello")
     assert outcome.status == "sent"
     assert outcome.http_status == 204
+    [request] = recorder.seen
+    assert (request.method, request.target) == ("POST", "/v2/sms-messages/send-to/447911123456")
+    assert request.headers["authorization"] == "Basic YXBpdXNlckBhcGljb25uZWN0b3IuY29tOnB3"
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["user-agent"].startswith("dispatch-notifier")
+    assert json.loads(request.body) == {"message": "Hello"}
 
 
-@responses.activate
-def test_the_client_reuses_one_pooled_session(client):
-    responses.post(f"{API}/v2/sms-messages/send-to/447911123456", status=204)
-    session = client.session
-    client.send("+447911123456", "a")
-    client.send("+447911123456", "b")
-    assert client.session is session
-    assert len(responses.calls) == 2
-
-
-@responses.activate
-def test_each_send_carries_its_own_number_message_and_length(client):
-    for number, message in (("447911123456", "Short"), ("447700900123", "A longer message é")):
-        responses.post(
-            f"{API}/v2/sms-messages/send-to/{number}",
-            status=204,
-            match=[
-                matchers.json_params_matcher({"message": message}),
-                matchers.header_matcher({"Content-Type": "application/json"}),
-            ],
-        )
+def test_each_send_carries_its_own_number_message_and_length(client, recorder):
     assert client.send("+447911123456", "Short").status == "sent"
     assert client.send("+447700900123", "A longer message é").status == "sent"
-    for call in responses.calls:
-        assert call.request.headers["Content-Length"] == str(len(call.request.body))
-        assert call.request.headers["Authorization"].startswith("Basic ")
+    first, second = recorder.seen
+    assert first.target.endswith("/447911123456")
+    assert second.target.endswith("/447700900123")
+    assert json.loads(first.body) == {"message": "Short"}
+    assert json.loads(second.body) == {"message": "A longer message é"}
+    for request in recorder.seen:
+        assert request.headers["content-length"] == str(len(request.body))
+
+
+def test_sends_reuse_one_kept_alive_connection(client, recorder):
+    for text in ("a", "b", "c"):
+        assert client.send("+447911123456", text).status == "sent"
+    assert len({request.client_port for request in recorder.seen}) == 1
+
+
+def test_the_read_timeout_applies_and_a_late_answer_is_unknown(no_proxy_settings):
+    with FakeDotdigital(latency=1.0) as fake:
+        client = DotdigitalClient(fake.url, fake.user, fake.password, timeout=(1.0, 0.2))
+        outcome = client.send("+447911123456", "x")
+    assert outcome.status == "unknown"
+    assert outcome.error_code == "ReadTimeoutError"
+    assert "did not answer in time" in outcome.reason
+
+
+def test_a_connection_closed_without_an_answer_is_unknown(no_proxy_settings):
+    with FakeDotdigital() as fake:
+        fake.script(Drop())
+        client = DotdigitalClient(fake.url, fake.user, fake.password, timeout=(1.0, 2.0))
+        outcome = client.send("+447911123456", "x")
+    assert outcome.status == "unknown"
+    assert "may have been sent" in outcome.reason
+
+
+def test_the_fake_accepts_our_credentials_and_body(no_proxy_settings):
+    with FakeDotdigital(user="apiuser@apiconnector.com", password="s3cret") as fake:
+        client = DotdigitalClient(fake.url, "apiuser@apiconnector.com", "s3cret")
+        assert client.send("+447911123456", "Your order is on its way").status == "sent"
+        [sms] = fake.sent
+    assert (sms.number, sms.message) == ("447911123456", "Your order is on its way")
 
 
 def body(message: str) -> bytes:
@@ -145,16 +227,45 @@ def test_a_429_with_an_http_date_retry_after():
 
 
 def test_a_connect_timeout_is_safe_to_retry():
-    assert classify_exception(requests.ConnectTimeout("boom")).status == "retrying"
+    outcome = classify_exception(ConnectTimeoutError(None, "connect timed out"))
+    assert outcome.status == "retrying"
+
+
+def test_a_refused_or_unresolved_connection_is_safe_to_retry():
+    assert classify_exception(NewConnectionError(None, "refused")).status == "retrying"
+
+
+def test_an_unreachable_proxy_is_safe_to_retry():
+    exc = ProxyError("Unable to connect to proxy", NewConnectionError(None, "refused"))
+    assert classify_exception(exc).status == "retrying"
 
 
 def test_a_read_timeout_is_unknown():
-    assert classify_exception(requests.ReadTimeout("slow")).status == "unknown"
+    assert classify_exception(ReadTimeoutError(None, "/", "slow")).status == "unknown"
 
 
 def test_a_connection_error_after_sending_is_unknown():
-    outcome = classify_exception(requests.ConnectionError("Connection reset by peer"))
-    assert outcome.status == "unknown"
+    exc = ProtocolError("Connection aborted.", ConnectionResetError("reset by peer"))
+    assert classify_exception(exc).status == "unknown"
+
+
+def test_a_refused_connection_is_safe_to_retry(no_proxy_settings):
+    client = DotdigitalClient("http://127.0.0.1:9", "u", "p", timeout=(1, 1))
+    outcome = client.send("+447911123456", "x")
+    assert outcome.status == "retrying"
+    assert outcome.reason == "could not connect to Dotdigital"
+
+
+def test_the_proxy_the_environment_names_carries_the_request(monkeypatch, recorder):
+    monkeypatch.setenv("HTTP_PROXY", recorder.url.replace("http://", "http://corp:pr0xy@"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = DotdigitalClient("http://api.dotdigital.invalid", "u", "p", timeout=(2.0, 2.0))
+    assert client.send("+447911123456", "via the proxy").status == "sent"
+    [request] = recorder.seen
+    assert request.target == "http://api.dotdigital.invalid/v2/sms-messages/send-to/447911123456"
+    expected = base64.b64encode(b"corp:pr0xy").decode()
+    assert request.headers["proxy-authorization"] == f"Basic {expected}"
 
 
 def test_proxy_and_ca_settings_come_from_the_environment_read_once(monkeypatch):
@@ -163,38 +274,18 @@ def test_proxy_and_ca_settings_come_from_the_environment_read_once(monkeypatch):
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     client = DotdigitalClient(API, "u", "p")
-    assert client.session.proxies["https"] == "http://proxy.internal:3128"
-    assert client.session.verify == "/etc/ssl/corp.pem"
+    assert isinstance(client.http, urllib3.ProxyManager)
+    assert client.http.proxy.host == "proxy.internal"
+    assert client.http.connection_pool_kw["ca_certs"] == "/etc/ssl/corp.pem"
 
     monkeypatch.setenv("NO_PROXY", "r1-api.dotdigital.com")
-    assert "https" not in DotdigitalClient(API, "u", "p").session.proxies
+    assert not isinstance(DotdigitalClient(API, "u", "p").http, urllib3.ProxyManager)
 
 
-def test_a_refused_connection_is_safe_to_retry():
-    client = DotdigitalClient("http://127.0.0.1:9", "u", "p", timeout=(1, 1))
-    outcome = client.send("+447911123456", "x")
-    assert outcome.status == "retrying"
-    assert outcome.reason == "could not connect to Dotdigital"
-
-
-@responses.activate
-def test_a_read_timeout_from_the_transport_is_unknown(client):
-    responses.post(
-        f"{API}/v2/sms-messages/send-to/447911123456", body=requests.ReadTimeout("read timed out")
-    )
-    assert client.send("+447911123456", "x").status == "unknown"
-
-
-@responses.activate
-def test_account_info_returns_the_properties(client):
-    responses.get(
-        f"{API}/v2/account-info",
-        json={
-            "id": 1,
-            "properties": [{"name": "AvailableSmsSendsCredits", "type": "Int", "value": 12}],
-        },
-    )
-    assert client.account_info()["AvailableSmsSendsCredits"] == 12
+def test_account_info_returns_the_properties(no_proxy_settings):
+    with FakeDotdigital(credits=12) as fake:
+        info = DotdigitalClient(fake.url, fake.user, fake.password).account_info()
+    assert info["AvailableSmsSendsCredits"] == 12
 
 
 def test_the_console_backend_is_chosen_without_credentials(app_factory):
