@@ -254,6 +254,20 @@ def test_a_refused_connection_is_safe_to_retry(no_proxy_settings):
     outcome = client.send("+447911123456", "x")
     assert outcome.status == "retrying"
     assert outcome.reason == "could not connect to Dotdigital"
+    assert "Connection refused" in outcome.detail
+    assert "7911123456" not in outcome.detail  # shown in the send log, where numbers are masked
+
+
+def test_a_number_quoted_by_a_transport_error_is_masked_in_the_detail(client, monkeypatch):
+    def fail(*args: object, **kwargs: object) -> None:
+        raise ProtocolError(f"failed on {args[1]}", ConnectionResetError("reset by peer"))
+
+    monkeypatch.setattr(client.http, "urlopen", fail)
+    outcome = client.send("+447911123456", "x")
+    assert outcome.status == "unknown"
+    assert "/v2/sms-messages/send-to/" in outcome.detail
+    assert "447911123456" not in outcome.detail
+    assert "3456" in outcome.detail
 
 
 def test_the_proxy_the_environment_names_carries_the_request(monkeypatch, recorder):

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ import urllib3
 from requests.utils import get_environ_proxies
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, ReadTimeoutError
 
-from dispatch_notifier.phones import digits
+from dispatch_notifier.phones import digits, mask
 from dispatch_notifier.sms import SendOutcome
 
 TOKEN = re.compile(r"ERROR_[A-Z_]+")
@@ -76,15 +77,16 @@ class DotdigitalClient:
 
     def send(self, e164: str, message: str) -> SendOutcome:
         body = json.dumps({"message": message}, allow_nan=False).encode()
+        number = digits(e164)
         try:
             response = self._request(
-                "POST",
-                f"/v2/sms-messages/send-to/{digits(e164)}",
-                body=body,
-                headers=self._send_headers,
+                "POST", f"/v2/sms-messages/send-to/{number}", body=body, headers=self._send_headers
             )
         except HTTPError as exc:
-            return classify_exception(exc)
+            outcome = classify_exception(exc)
+            # The detail is shown in the send log and the API, where numbers are masked.
+            detail = (outcome.detail or "").replace(number, mask(e164))
+            return dataclasses.replace(outcome, detail=detail or None)
         return classify_response(response.status, response.headers, response.data)
 
     def account_info(self) -> dict[str, object]:
