@@ -66,7 +66,6 @@ class DotdigitalClient:
         pool_size: int = 10,
     ) -> None:
         self.api_url = api_url.rstrip("/")
-        self.timeout = timeout
         self._timeout = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         self.headers = {
             **urllib3.make_headers(basic_auth=f"{user}:{password}", user_agent=_user_agent()),
