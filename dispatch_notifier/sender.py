@@ -169,7 +169,7 @@ class Sender:
             return None
         with self.db.session() as session:  # opens a connection only on a template cache miss
             prepared = self.prepare(session, row, check_suppression=False, event=event)
-        if prepared.outcome is not None or self._quiet_until(row, prepared, now) is not None:
+        if prepared.outcome is not None or not self._quiet_hours_clear(row, prepared, now):
             return None
         fields = self._sending_fields(row, prepared, enriched=False)
         if not mark_sending_if_clear(self.db.single_statement, row.id, self.owner, fields):
@@ -225,8 +225,15 @@ class Sender:
         created_at = row.created_at if row.requested_by is None else row.updated_at
         return _Started(prepared, row.attempts + 1, created_at)
 
-    def _quiet_until(self, row: Row, prepared: Prepared, now: datetime) -> datetime | None:
-        return quiet.hold_until(self._quiet_hours(row), prepared.e164, row.source_timezone, now)
+    @staticmethod
+    def _quiet_hours_clear(row: Row, prepared: Prepared, now: datetime) -> bool:
+        """True if quiet hours do not hold this send. Unreadable ones are not clear here:
+        `_start` then says so in the log once, and sends."""
+        try:
+            window = quiet.parse_quiet_hours(row.source_quiet_hours)
+        except ValueError:
+            return False
+        return quiet.hold_until(window, prepared.e164, row.source_timezone, now) is None
 
     @staticmethod
     def _quiet_hours(row: Row) -> quiet.QuietHours | None:

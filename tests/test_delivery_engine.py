@@ -196,6 +196,18 @@ def test_a_dispatch_inside_quiet_hours_waits_for_the_window_to_end(app, runner):
     assert abs((row.next_attempt_at - expected).total_seconds()) < 61
 
 
+def test_unreadable_quiet_hours_send_and_are_logged_once(app, caplog):
+    # Only a hand edit of the database can store such a window; the CLI refuses it.
+    with get_db(app).session() as session:
+        session.execute(update(Source).values(quiet_hours="9pm-8am"))
+        session.commit()
+    queue(app, 1)
+    with caplog.at_level("WARNING", logger="dispatch_notifier.sender"):
+        Worker(app).run_until_idle()
+    assert statuses(app) == {"sent": 1}
+    assert caplog.text.count("ignoring unreadable quiet hours") == 1
+
+
 def test_quiet_hours_are_off_by_default(app):
     queue(app, 1)
     Worker(app).run_until_idle()

@@ -11,7 +11,7 @@ from sqlalchemy import Engine, event, select, update
 
 from dispatch_notifier import gate
 from dispatch_notifier.db import get_db
-from dispatch_notifier.models import Notification, Suppression, utcnow
+from dispatch_notifier.models import Notification, Source, Suppression, utcnow
 from dispatch_notifier.sender import Sender
 from dispatch_notifier.sms import SendOutcome
 from tests.test_sender_outcomes import queue_and_claim
@@ -123,3 +123,16 @@ def test_a_claimed_row_is_read_with_its_source_in_one_query_per_claim(app):
         phones = session.scalars(select(Notification.phone).where(Notification.id.in_(ids)))
         assert list(phones) == [None, None, None]  # the number is chosen at send time
     assert {row.source_name for row in rows.values()} == {rows[ids[0]].source_name}
+
+
+def test_unreadable_quiet_hours_are_logged_once_when_the_careful_path_takes_over(app, caplog):
+    with get_db(app).session() as session:  # only a hand edit stores such a window
+        session.execute(update(Source).values(quiet_hours="9pm-8am"))
+        session.commit()
+    db, backend, sender, nid, row = one_claimed_row(app)
+    with db.session() as session:
+        gate.pause(session, utcnow() + timedelta(minutes=5), "provider rate limit (test)")
+    with caplog.at_level("WARNING", logger="dispatch_notifier.sender"):
+        assert sender.send_one(nid, row) == "pending"
+    assert backend.sent == []
+    assert caplog.text.count("ignoring unreadable quiet hours") == 1
