@@ -269,6 +269,12 @@ def _touch_source(connection: Connection, source_id: int, now: datetime, result:
 # Word for word the WHERE of the partial index `ix_notifications_claimable`, so that both
 # databases read the due rows from it, already in claim order.
 _CLAIMABLE = text(CLAIMABLE_SQL)
+# For the claim's transaction on PostgreSQL. A backlog comes in a burst, while the planner's
+# statistics still describe the quiet outbox of the last ANALYZE, with almost nothing pending:
+# it then fetched every due row with a bitmap scan and sorted them all, on every claim (9-14 ms
+# at 2,500 rows waiting, growing with the backlog). With sorting ruled out, the plan left is the
+# claimable index read in order, which stops after `limit` rows.
+_NO_SORT = text("SET LOCAL enable_sort = off")
 
 
 def claim(session: Session, owner: str, limit: int, lease: timedelta) -> list[int]:
@@ -278,6 +284,8 @@ def claim(session: Session, owner: str, limit: int, lease: timedelta) -> list[in
     (FOR UPDATE SKIP LOCKED); SQLite drops that clause and relies on BEGIN IMMEDIATE.
     """
     now = utcnow()
+    if session.connection().dialect.name == "postgresql":
+        session.execute(_NO_SORT)
     due = (
         select(Notification.id)
         .where(

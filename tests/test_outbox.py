@@ -91,11 +91,15 @@ def test_mark_sending_refuses_a_row_whose_lease_was_taken_over(app):
         assert outbox.mark_sending(session, nid, "a", {}) is False
 
 
-def _captured_claim(db) -> tuple[str, object]:  # type: ignore[no-untyped-def]
-    """The SQL and parameters of one real claim, as the driver received them."""
+def _captured_claim(db) -> tuple[list[str], str, object]:  # type: ignore[no-untyped-def]
+    """One real claim as the driver received it: the session settings it made first, then the
+    SQL and parameters of the claim itself."""
+    settings: list[str] = []
     seen: list[tuple[str, object]] = []
 
     def capture(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if statement.lstrip().startswith("SET "):
+            settings.append(statement)
         if statement.lstrip().startswith("UPDATE notifications SET lease_owner"):
             seen.append((statement, parameters))
 
@@ -105,32 +109,65 @@ def _captured_claim(db) -> tuple[str, object]:  # type: ignore[no-untyped-def]
             assert len(outbox.claim(session, "a", 32, timedelta(seconds=60))) == 32
     finally:
         event.remove(db.engine, "before_cursor_execute", capture)
-    return seen[0]
+    return settings, *seen[0]
 
 
-def test_a_claim_reads_the_due_rows_from_the_claimable_index_without_sorting_the_backlog(app):
-    queue(app, 1)
-    db = get_db(app)
-    with db.session() as session:
-        source_id = session.scalar(select(Notification.source_id))
-        now = utcnow() - timedelta(seconds=1)
-        rows = [
-            outbox.pending_row(
-                source_id, None, SAMPLE_EVENT.with_changes(order_id=f"9{i}", shipment_id="1"), now
-            )
-            for i in range(3000)
-        ]
-        session.execute(Notification.__table__.insert(), rows)
-        session.commit()
-    with db.engine.begin() as connection:
-        connection.exec_driver_sql("ANALYZE")
-    statement, parameters = _captured_claim(db)
-    with db.engine.connect() as connection:
+def _claim_plan(db) -> str:  # type: ignore[no-untyped-def]
+    """The plan of a real claim, in a transaction with the same settings."""
+    settings, statement, parameters = _captured_claim(db)
+    with db.engine.connect() as connection, connection.begin():
+        for setting in settings:
+            connection.exec_driver_sql(setting)
         if db.is_postgres:
             plan = connection.exec_driver_sql(f"EXPLAIN {statement}", parameters).scalars().all()
         else:
             explained = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
             plan = [row[-1] for row in explained]
-    text = "\n".join(plan)
+    return "\n".join(plan)
+
+
+def _add_rows(db, count: int, status: str, start: int = 0) -> None:  # type: ignore[no-untyped-def]
+    with db.session() as session:
+        source_id = session.scalar(select(Notification.source_id))
+        now = utcnow() - timedelta(seconds=1)
+        rows = [
+            {
+                **outbox.pending_row(
+                    source_id,
+                    None,
+                    SAMPLE_EVENT.with_changes(order_id=f"9{i}", shipment_id="1"),
+                    now,
+                ),
+                "status": status,
+            }
+            for i in range(start, start + count)
+        ]
+        session.execute(Notification.__table__.insert(), rows)
+        session.commit()
+
+
+def _analyze(db) -> None:  # type: ignore[no-untyped-def]
+    with db.engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE")
+
+
+def test_a_claim_reads_the_due_rows_from_the_claimable_index_without_sorting_the_backlog(app):
+    queue(app, 1)
+    db = get_db(app)
+    _add_rows(db, 3000, "pending")
+    _analyze(db)
+    text = _claim_plan(db)
     assert "ix_notifications_claimable" in text, text
     assert "Sort" not in text and "TEMP B-TREE" not in text, text
+
+
+def test_a_burst_after_a_quiet_spell_is_still_claimed_in_index_order(app):
+    # The statistics of the last ANALYZE say almost nothing is pending; then a backlog arrives.
+    queue(app, 1)
+    db = get_db(app)
+    _add_rows(db, 2000, "sent")
+    _analyze(db)
+    _add_rows(db, 3000, "pending", start=2000)
+    text = _claim_plan(db)
+    assert "ix_notifications_claimable" in text, text
+    assert "Sort" not in text and "TEMP B-TREE" not in text and "Bitmap" not in text, text
