@@ -503,13 +503,3 @@ def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[in
         )
     session.commit()
     return ids
-
-
-def next_due(session: Session) -> datetime | None:
-    """When the earliest waiting notification becomes due (for the worker's sleep)."""
-    return session.scalar(
-        select(Notification.next_attempt_at)
-        .where(_CLAIMABLE)
-        .order_by(Notification.next_attempt_at)
-        .limit(1)
-    )
