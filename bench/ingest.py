@@ -225,8 +225,10 @@ def _row(db: str, server: str, label: str, rounds) -> list:  # type: ignore[no-u
     failures = sum(r[server].non_2xx + r[server].errors for r in rounds)
     verdict = ""
     if server == "app":
-        ok = statistics.median(vs_store) >= TARGET_VS_STORE and failures == 0
-        verdict = f"≥ 0.7 × (b): {common.verdict(ok)}"
+        median = statistics.median(vs_store)
+        ok = median >= TARGET_VS_STORE and failures == 0
+        # Three decimals: a median of 0.697 shows as 0.70 in its column, yet misses.
+        verdict = f"≥ 0.7 × (b): {common.verdict(ok)} ({median:.3f})"
     return [
         db,
         label,
