@@ -157,6 +157,34 @@ def test_admin_pages_send_security_headers_and_csp_without_inline_script(app):
     assert 'src="/static/admin.js"' in response.text
 
 
+def test_every_answer_gets_the_security_headers_and_a_views_own_value_wins(app_factory):
+    app = app_factory(SECURE_COOKIES=True)
+
+    @app.get("/admin/probe")
+    def probe():  # type: ignore[no-untyped-def]
+        # Lower-case names: a view's own header counts whatever its spelling.
+        return "ok", {"x-frame-options": "SAMEORIGIN", "cache-control": "private"}
+
+    client = app.test_client()
+    page = client.get("/admin/probe")
+    assert page.headers.getlist("X-Frame-Options") == ["SAMEORIGIN"]
+    assert page.headers.getlist("Cache-Control") == ["private"]
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Referrer-Policy"] == "same-origin"
+    assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert client.get("/admin/login").headers["Cache-Control"] == "no-store"
+
+    webhook = client.post("/webhooks/nobody", data=b"{}")
+    assert webhook.headers.getlist("X-Frame-Options") == ["DENY"]
+    assert webhook.headers["Strict-Transport-Security"] == "max-age=31536000"
+    assert "Cache-Control" not in webhook.headers  # no-store is for the console's pages
+
+    plain = app_factory(SECURE_COOKIES=False).test_client().get("/healthz")
+    assert "Strict-Transport-Security" not in plain.headers
+    assert plain.headers["X-Frame-Options"] == "DENY"
+
+
 def test_webhooks_and_the_api_never_read_or_set_a_session_cookie(app_factory):
     # A browser that carries the console's session cookie.
     client, _ = logged_in(app_factory(API_TOKEN="t0ken"))
