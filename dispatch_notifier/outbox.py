@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from dispatch_notifier.db import insert_ignoring_conflicts, writer_queue
@@ -169,9 +170,28 @@ def _insert_pair_postgres(
     params = {f"d_{key}": value for key, value in delivery.items()}
     params.update({f"n_{key}": value for key, value in notification.items()})
     notification_keys = tuple(key for key in notification if key != "delivery_id")
-    statement = _pair_insert(tuple(delivery), notification_keys)
-    delivery_pk, notification_pk = connection.execute(statement, params).one()
+    sql = _pair_insert_sql(connection.dialect, tuple(delivery), notification_keys)
+    delivery_pk, notification_pk = connection.exec_driver_sql(sql, params).one()
     return delivery_pk, [] if delivery_pk is None else [notification_pk]
+
+
+@functools.lru_cache(maxsize=32)
+def _pair_insert_sql(
+    dialect: Dialect, delivery_keys: tuple[str, ...], notification_keys: tuple[str, ...]
+) -> str:
+    """The pair insert compiled once, run as the driver's own SQL.
+
+    Why: executing the construct made SQLAlchemy look up its compiled form and process each of
+    its 20 parameters on every webhook, at more CPU than the driver's own work (~6 % of a
+    webhook). The parameters need no conversion: `ingest` builds them as strings, integers and
+    aware UTC datetimes, which is what the columns' types would have passed on.
+    """
+    compiled = _pair_insert(delivery_keys, notification_keys).compile(dialect=dialect)
+    # A column default SQLAlchemy would have filled in at execution must not go missing here.
+    given = {f"d_{key}" for key in delivery_keys} | {f"n_{key}" for key in notification_keys}
+    if missing := set(compiled.params) - given:
+        raise ValueError(f"the pair insert needs values for {sorted(missing)}")
+    return str(compiled)
 
 
 @functools.cache
