@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.dialects import postgresql
 
 from dispatch_notifier.db import get_db
@@ -199,6 +200,60 @@ def test_concurrent_identical_deliveries_make_one_notification(app, same_deliver
         assert results == ["accepted"] and duplicates == [23]
     else:
         assert sorted(results) == ["accepted"] + ["duplicate"] * 23
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_delivery_waiting_on_a_row_lock_does_not_hold_up_the_next_one(app, database_url):
+    # PostgreSQL takes concurrent writers: each delivery has its own transaction, so one that
+    # waits (here on a unique key another session holds, uncommitted) delays nobody else.
+    body = json.dumps(fulfillment(7001, 7002)).encode()
+    other = json.dumps(fulfillment(7003, 7004)).encode()
+    engine = create_engine(database_url)
+    blocker = engine.connect()  # its transaction begins with the INSERT and stays open
+    try:
+        source_id = blocker.execute(text("SELECT id FROM sources WHERE name = 'shopify'"))
+        blocker.execute(
+            text(
+                "INSERT INTO deliveries (source_id, delivery_id, result, received_at, duplicates)"
+                " VALUES (:s, 'held', 'accepted', now(), 0)"
+            ),
+            {"s": source_id.scalar_one()},
+        )
+        with ThreadPoolExecutor(2) as pool:
+            waiting = pool.submit(
+                app.test_client().post,
+                "/webhooks/shopify",
+                data=body,
+                headers=shopify_headers(body, webhook_id="held"),
+            )
+            _wait_for_a_lock_wait(blocker)
+            free = pool.submit(
+                app.test_client().post,
+                "/webhooks/shopify",
+                data=other,
+                headers=shopify_headers(other, webhook_id="free"),
+            )
+            try:
+                assert free.result(timeout=10).json["status"] == "accepted"
+                assert not waiting.done()
+            finally:
+                blocker.rollback()  # the held key goes away: the waiting delivery goes in
+            assert waiting.result(timeout=10).json["status"] == "accepted"
+    finally:
+        blocker.close()
+        engine.dispose()
+    assert count(app, Notification) == 2
+
+
+def _wait_for_a_lock_wait(connection) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + 10
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    while connection.execute(query).scalar_one() == 0:
+        assert time.monotonic() < deadline, "the first delivery never waited on the held key"
+        time.sleep(0.02)
 
 
 # --- parsing -------------------------------------------------------------------------------
