@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from dispatch_notifier import sendlog, template_editor
 from dispatch_notifier.cli import record
-from dispatch_notifier.db import get_session
+from dispatch_notifier.db import get_read_session, get_session
 from dispatch_notifier.models import Delivery, MessageTemplate, Notification, TemplateVersion
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -50,7 +50,7 @@ def _require_token() -> Response | None:
 
 @bp.get("/notifications")
 def list_notifications() -> Response:
-    session = get_session()
+    session = get_read_session()
     try:
         filters = sendlog.parse_filters(request.args)
         limit = sendlog.parse_limit(request.args.get("limit"))
@@ -112,7 +112,7 @@ def detail(session: Session, row: Notification) -> dict[str, Any]:
 
 @bp.get("/notifications/<int:notification_id>")
 def get_notification(notification_id: int) -> Response:
-    session = get_session()
+    session = get_read_session()
     row = session.get(Notification, notification_id)
     if row is None:
         return api_error(404, "not_found", f"no notification {notification_id}")
@@ -184,7 +184,7 @@ def list_sources() -> Response:
     from dispatch_notifier.models import Source
     from dispatch_notifier.sources import fingerprint
 
-    rows = get_session().scalars(select(Source).order_by(Source.name)).all()
+    rows = get_read_session().scalars(select(Source).order_by(Source.name)).all()
     return jsonify(
         {
             "items": [

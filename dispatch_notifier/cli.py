@@ -212,7 +212,7 @@ def _iso(value: datetime | None) -> str | None:
 @with_appcontext
 def log(status: str | None, source_name: str | None, limit: int, as_json: bool) -> None:
     """The send log, newest first."""
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         query = select(Notification).order_by(
             Notification.created_at.desc(), Notification.id.desc()
         )

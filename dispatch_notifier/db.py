@@ -1,7 +1,8 @@
 """Database engine and sessions: one engine per process, one session per request or job.
 
 SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` so that writers queue instead of failing,
-and its checkpoints run in a background thread rather than inside a writer's COMMIT.
+and its checkpoints run in a background thread rather than inside a writer's COMMIT. Reads that
+write nothing (`read_session`, `read_engine`) begin deferred: they take no lock at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from sqlalchemy.sql.schema import Table
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Execution option of `Database.read_engine`: its transactions only read.
+READS_ONLY = "dispatch_reads_only"
 # A COMMIT checkpoints the WAL itself only past this many pages (SQLite's default: 1,000); below
 # that, the `WalCheckpointer` thread does it. The backstop if that thread ever fell behind.
 SQLITE_AUTOCHECKPOINT_PAGES = 20_000
@@ -99,6 +102,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get(READS_ONLY):
+            # In WAL mode a reader and the writer never wait for each other: a page of the send
+            # log, or a CSV export streaming for minutes, must not hold webhooks up.
+            connection.exec_driver_sql("BEGIN")
+            return
         # A deferred transaction that reads and then writes fails with SQLITE_BUSY instead of
         # waiting; taking the write lock up front makes concurrent writers queue politely.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -246,6 +254,10 @@ class Database:
         pooled = {"pool_size": max(10, threads)} if not url.startswith("sqlite") else {}
         self.engine = make_engine(url, **pooled)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        # The same pool, for work that only reads: on SQLite it takes no lock (see `_on_begin`).
+        self.read_engine = self.engine.execution_options(**{READS_ONLY: True})
+        self.read_sessionmaker = sessionmaker(self.read_engine, expire_on_commit=False)
+        event.listen(self.read_sessionmaker, "before_flush", _refuse_to_write)
         # For a transaction that is one statement: on PostgreSQL in autocommit, one round trip
         # instead of BEGIN, the statement and COMMIT. SQLite keeps its BEGIN IMMEDIATE: its
         # driver has no autocommit that would also end the transaction that event opens.
@@ -271,8 +283,21 @@ class Database:
         finally:
             session.close()
 
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """A session that only reads (flushing a change raises); always closed."""
+        session = self.read_sessionmaker()
+        try:
+            yield session
+        finally:
+            session.close()
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _refuse_to_write(_session: Session, _context: Any, _instances: Any) -> None:
+    raise RuntimeError("a read-only session cannot write: use Database.session()")
 
 
 def init_app(app: Flask) -> None:
@@ -294,10 +319,18 @@ def get_session() -> Session:
     return g.db_session
 
 
+def get_read_session() -> Session:
+    """The current request's session for reading only (see `Database.read_session`)."""
+    if "db_read_session" not in g:
+        g.db_read_session = get_db().read_sessionmaker()
+    return g.db_read_session
+
+
 def _close_request_session(_exc: BaseException | None) -> None:
-    session = g.pop("db_session", None)
-    if session is not None:
-        session.close()
+    for name in ("db_session", "db_read_session"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()
 
 
 def insert_ignoring_conflicts(

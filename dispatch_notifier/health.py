@@ -21,7 +21,7 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     try:
-        with get_db().engine.connect() as connection:
+        with get_db().read_engine.connect() as connection:
             current = migrate.current_revision(connection)
     except Exception as exc:  # any failure to reach the database means "not ready"
         return jsonify({"status": "unavailable", "database": type(exc).__name__}), 503

@@ -25,7 +25,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from dispatch_notifier import users
-from dispatch_notifier.db import get_session
+from dispatch_notifier.db import get_read_session, get_session
 from dispatch_notifier.models import AuditEntry, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -113,7 +113,8 @@ def _csrf_error(exc: CSRFError) -> Any:
 @bp.before_request
 def _load_user() -> Any:
     user_id = session.get("user_id")
-    g.user = get_session().get(User, user_id) if user_id else None
+    # Only read: a page that reads nothing else must not take SQLite's write lock for it.
+    g.user = get_read_session().get(User, user_id) if user_id else None
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if request.method == "GET":
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))

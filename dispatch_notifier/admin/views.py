@@ -27,11 +27,12 @@ from flask import (
     url_for,
 )
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from dispatch_notifier import message_templates, phones, platforms, rendering, sendlog
 from dispatch_notifier.admin import audit, bp
 from dispatch_notifier.config import platform_secrets
-from dispatch_notifier.db import get_db, get_session
+from dispatch_notifier.db import get_db, get_read_session, get_session
 from dispatch_notifier.events import TEMPLATE_VARIABLES
 from dispatch_notifier.models import (
     FAILED,
@@ -487,7 +488,7 @@ def test_send(kind: str, locale: str) -> Any:
 
 @bp.get("/log")
 def log_page() -> Any:
-    db = get_session()
+    db = get_read_session()
     error = None
     try:
         filters = sendlog.parse_filters(request.args)
@@ -527,7 +528,7 @@ def log_csv() -> Any:
 
     def generate() -> Any:
         # Its own session: the response streams after the request's session is closed.
-        with get_db(app).session() as db:
+        with get_db(app).read_session() as db:
             yield from sendlog.csv_lines(db, filters)
 
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -538,8 +539,8 @@ def log_csv() -> Any:
     )
 
 
-def _notification_or_404(notification_id: int) -> Notification:
-    row = get_session().get(Notification, notification_id)
+def _notification_or_404(notification_id: int, db: Session | None = None) -> Notification:
+    row = (db or get_session()).get(Notification, notification_id)
     if row is None:
         abort(404)
     return row
@@ -547,8 +548,8 @@ def _notification_or_404(notification_id: int) -> Notification:
 
 @bp.get("/log/<int:notification_id>")
 def log_detail(notification_id: int) -> str:
-    db = get_session()
-    row = _notification_or_404(notification_id)
+    db = get_read_session()
+    row = _notification_or_404(notification_id, db)
     version = db.get(TemplateVersion, row.template_version_id) if row.template_version_id else None
     template = db.get(MessageTemplate, version.template_id) if version else None
     delivery = db.get(Delivery, row.delivery_id) if row.delivery_id else None

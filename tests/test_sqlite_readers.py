@@ -1,0 +1,102 @@
+"""On SQLite, reading never takes the write lock: the send log, its CSV export, the API and
+/readyz go on while a writer holds it, and webhooks go on while the log is being read."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from dispatch_notifier.db import get_db
+from dispatch_notifier.models import Delivery, Source
+from tests.conftest import fulfillment, post_shopify
+from tests.console_helpers import add_notification, logged_in
+
+TOKEN = "reader-test-token"
+
+
+@pytest.fixture
+def db_backend() -> str:
+    return "sqlite"  # PostgreSQL readers never took a lock that writers wait on
+
+
+@pytest.fixture
+def app(app_factory: Any) -> Flask:
+    return app_factory(API_TOKEN=TOKEN)
+
+
+@contextmanager
+def write_lock_held(app: Flask) -> Iterator[None]:
+    """Another process's writer in the middle of its transaction, as far as SQLite can tell."""
+    path = get_db(app).engine.url.database
+    other = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_readyz_answers_ready_while_a_writer_holds_the_lock(app: Flask) -> None:
+    with write_lock_held(app):
+        response = app.test_client().get("/readyz")
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "ready"
+
+
+def test_the_send_log_and_the_api_answer_while_a_writer_holds_the_lock(app: Flask) -> None:
+    add_notification(app, order="1001")
+    console, _token = logged_in(app)
+    api = app.test_client()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with write_lock_held(app):
+        page = console.get("/admin/log")
+        listed = api.get("/api/v1/notifications", headers=headers)
+        one = api.get(f"/api/v1/notifications/{listed.json['items'][0]['id']}", headers=headers)
+        sources = api.get("/api/v1/sources", headers=headers)
+    assert page.status_code == 200 and "1001" in page.text
+    assert [item["order"] for item in listed.json["items"]] == ["1001"]
+    assert one.status_code == 200 and one.json["order"] == "1001"
+    assert sources.status_code == 200
+
+
+def test_a_webhook_is_stored_while_the_send_log_csv_is_streaming(app: Flask) -> None:
+    for number in range(3):
+        add_notification(app, order=str(1001 + number))
+    console, _token = logged_in(app)
+    export = console.get("/admin/log.csv", buffered=False)
+    chunks = iter(export.response)
+    # The header, then the first row: the export's transaction is open, the rest unread.
+    first = next(chunks) + next(chunks)
+    assert b"100" in first
+
+    answers: list[int] = []
+    thread = threading.Thread(
+        target=lambda: answers.append(
+            post_shopify(app.test_client(), fulfillment(fulfillment_id=9901)).status_code
+        )
+    )
+    thread.start()
+    thread.join(60)
+    rest = b"".join(chunks)
+    export.close()
+
+    assert answers == [200]
+    assert b"1003" in first + rest
+    with get_db(app).session() as session:
+        results = session.scalars(select(Delivery.result)).all()
+    assert results == ["accepted"]
+
+
+def test_a_read_only_session_refuses_to_write(app: Flask) -> None:
+    with get_db(app).read_session() as session:
+        session.add(Source(name="sneaky", platform="shopify"))
+        with pytest.raises(RuntimeError, match="read-only"):
+            session.flush()
