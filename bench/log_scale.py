@@ -1,16 +1,21 @@
 """Benchmark 5, the send log at scale: many notifications generated straight in the database.
 
 Times the first page and a filtered page (status + date) of `/admin/log`, the JSON API and the CLI's
-`log` query, in-process (server time), against the bare SQL page query, and shows the plans.
+`log` query, in-process (server time), against the bare SQL page query, and shows the plans. Then,
+on a real `serve`, webhooks at a fixed rate while one client pages through the log with the API,
+against the same webhooks with nobody reading (reading the log must not hold webhooks up).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import statistics
 import sys
+import threading
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from dispatch_notifier import create_app
 from dispatch_notifier.db import get_db
@@ -43,12 +49,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000, help="notifications to generate")
     parser.add_argument("--repeat", type=int, default=15, help="timed requests per page")
     parser.add_argument("--plans", action="store_true", help="print every query plan in full")
+    parser.add_argument(
+        "--webhook-rate", type=float, default=300.0, help="webhooks/s while the log is read"
+    )
+    parser.add_argument("--reader-seconds", type=float, default=8.0, help="per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of (nobody reading, reading)")
     args = parser.parse_args()
     if args.smoke:
         args.rows, args.repeat = 2000, 2
+        args.webhook_rate, args.reader_seconds, args.rounds = 50.0, 1.0, 1
 
     print(f"machine: {common.machine_line()}")
-    rows, plan_rows = [], []
+    rows, plan_rows, reader_rows = [], [], []
     with common.workdir(args.keep) as folder:
         for db in common.databases(args):
             with common.scratch_database(db, args.postgres_url, folder) as url:
@@ -58,6 +70,7 @@ def main() -> None:
                 r, p = measure(db, url, folder, args)
                 rows += r
                 plan_rows += p
+                reader_rows += webhooks_while_reading(db, url, folder, args)
     common.print_table(
         f"Send log with {args.rows:,} notifications: server time per page (median of "
         f"{args.repeat}; p95 beside it)",
@@ -79,12 +92,118 @@ def main() -> None:
         ["database", "path", "page", "index used", "plan"],
         plan_rows,
     )
+    common.print_table(
+        f"Webhooks at {args.webhook_rate:.0f}/s (open loop) while one client pages through the "
+        f"log with `GET /api/v1/notifications`, {args.rounds} interleaved rounds of "
+        f"{args.reader_seconds:.0f} s: all requests pooled",
+        [
+            "database",
+            "reader",
+            "webhooks",
+            "p50 ms",
+            "p99 ms",
+            "p99 × nobody reading",
+            "max ms",
+            "non-2xx",
+            "log pages read/s",
+        ],
+        reader_rows,
+    )
+
+
+# --- webhooks while the log is read ------------------------------------------------------------
+
+
+def webhooks_while_reading(db: str, url: str, folder: Path, args) -> list[list]:  # type: ignore[no-untyped-def]
+    """Open-loop webhooks with nobody reading the log, then with one client paging through it
+    (status filter, 100 rows a page, following the cursor), in alternating rounds."""
+    service = common.start_serve(url, folder, workers=2, API_TOKEN=API_TOKEN)
+    runs: dict[bool, list[common.LoadResult]] = {False: [], True: []}
+    pages: dict[bool, int] = {False: 0, True: 0}
+    count = int(args.webhook_rate * args.reader_seconds) + 10
+    try:
+        warm = common.distinct_deliveries(50, start=60_000_000)
+        common.python_load(service, warm, rate=None, duration=3, connections=4)
+        for number in range(args.rounds):
+            for reading in (False, True):
+                common.say(f"{db}: webhooks, round {number + 1}/{args.rounds}, reader: {reading}")
+                first_id = 61_000_000 + (2 * number + reading) * count
+                deliveries = common.distinct_deliveries(count, start=first_id)
+                with LogReader(service, active=reading) as reader:
+                    runs[reading].append(
+                        common.python_load(
+                            service,
+                            deliveries,
+                            rate=args.webhook_rate,
+                            duration=args.reader_seconds,
+                        )
+                    )
+                pages[reading] += reader.pages
+    finally:
+        service.stop()
+    quiet_p99 = common.percentile([ms for r in runs[False] for ms in r.extra["latencies"]], 99)
+    rows = []
+    for reading in (False, True):
+        latencies = [ms for r in runs[reading] for ms in r.extra["latencies"]]
+        p99 = common.percentile(latencies, 99)
+        seconds = sum(r.seconds for r in runs[reading])
+        rows.append(
+            [
+                db,
+                "one client paging" if reading else "nobody",
+                len(latencies),
+                common.percentile(latencies, 50),
+                p99,
+                common.ratio(p99, quiet_p99),
+                max(latencies, default=None),
+                sum(r.non_2xx + r.errors for r in runs[reading]),
+                pages[reading] / seconds if reading and seconds else None,
+            ]
+        )
+    return rows
+
+
+class LogReader:
+    """A thread that pages through the send log with the API until the block ends."""
+
+    def __init__(self, service: common.Service, active: bool) -> None:
+        self.service, self.active, self.pages = service, active, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> LogReader:
+        if self.active:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self.active:
+            self._thread.join()
+
+    def _run(self) -> None:
+        cursor = None
+        while not self._stop.is_set():
+            query = "limit=100&status=sent" + (f"&cursor={cursor}" if cursor else "")
+            request = urllib.request.Request(
+                f"{self.service.url}/api/v1/notifications?{query}",
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                cursor = json.load(response).get("next_cursor")
+            self.pages += 1
 
 
 # --- data --------------------------------------------------------------------------------------
 
 
 def generate(db: str, url: str, count: int) -> None:
+    load(db, url, count)
+    if db == "postgresql":
+        settle(get_engine(url))
+
+
+def load(db: str, url: str, count: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     engine = get_engine(url)
     with engine.begin() as connection:
@@ -150,6 +269,20 @@ def generate(db: str, url: str, count: int) -> None:
         if batch:
             connection.execute(insert, batch)
         connection.execute(text("ANALYZE"))
+
+
+def settle(engine: Any) -> None:
+    """PostgreSQL: leave the table as a long-lived one is, not as a bulk load leaves it.
+
+    Right after the load, the first reads set hint bits on a million rows and a checkpoint
+    flushes the load itself; webhooks timed meanwhile waited 100-240 ms for that, not for us.
+    """
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(text("VACUUM (ANALYZE) notifications"))
+        try:
+            connection.execute(text("CHECKPOINT"))
+        except DBAPIError as exc:  # needs superuser or pg_checkpoint; the run goes on without
+            common.say(f"postgresql: no CHECKPOINT before timing ({type(exc).__name__})")
 
 
 _engines: dict[str, Any] = {}
