@@ -95,6 +95,9 @@ def test_a_webhook_is_stored_while_the_send_log_csv_is_streaming(app: Flask) -> 
     assert results == ["accepted"]
 
 
+@pytest.mark.parametrize(
+    "db_backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
 def test_a_read_only_session_refuses_to_write(app: Flask) -> None:
     with get_db(app).read_session() as session:
         session.add(Source(name="sneaky", platform="shopify"))
