@@ -15,6 +15,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,6 +169,7 @@ class LogReader:
 
     def __init__(self, service: common.Service, active: bool) -> None:
         self.service, self.active, self.pages = service, active, 0
+        self.error: Exception | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -180,18 +182,23 @@ class LogReader:
         self._stop.set()
         if self.active:
             self._thread.join()
+        if self.error is not None:  # a reader that stopped early would flatter the figures
+            raise RuntimeError(f"the log reader failed: {self.error}") from self.error
 
     def _run(self) -> None:
         cursor = None
-        while not self._stop.is_set():
-            query = "limit=100&status=sent" + (f"&cursor={cursor}" if cursor else "")
-            request = urllib.request.Request(
-                f"{self.service.url}/api/v1/notifications?{query}",
-                headers={"Authorization": f"Bearer {API_TOKEN}"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                cursor = json.load(response).get("next_cursor")
-            self.pages += 1
+        try:
+            while not self._stop.is_set():
+                query = {"limit": 100, "status": "sent", **({"cursor": cursor} if cursor else {})}
+                request = urllib.request.Request(
+                    f"{self.service.url}/api/v1/notifications?{urllib.parse.urlencode(query)}",
+                    headers={"Authorization": f"Bearer {API_TOKEN}"},
+                )
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    cursor = json.load(response).get("next_cursor")
+                self.pages += 1
+        except Exception as exc:
+            self.error = exc
 
 
 # --- data --------------------------------------------------------------------------------------
