@@ -1,5 +1,5 @@
-"""On SQLite, reading never takes the write lock: the send log, its CSV export, the API and
-/readyz go on while a writer holds it, and webhooks go on while the log is being read."""
+"""On SQLite, reading never takes the write lock: the dashboard, the send log, its CSV export,
+the API and /readyz go on while a writer holds it, and webhooks while the log is being read."""
 
 from __future__ import annotations
 
@@ -51,16 +51,18 @@ def test_readyz_answers_ready_while_a_writer_holds_the_lock(app: Flask) -> None:
     assert response.json["status"] == "ready"
 
 
-def test_the_send_log_and_the_api_answer_while_a_writer_holds_the_lock(app: Flask) -> None:
+def test_the_console_and_the_api_answer_while_a_writer_holds_the_lock(app: Flask) -> None:
     add_notification(app, order="1001")
     console, _token = logged_in(app)
     api = app.test_client()
     headers = {"Authorization": f"Bearer {TOKEN}"}
     with write_lock_held(app):
+        dashboard = console.get("/admin/")
         page = console.get("/admin/log")
         listed = api.get("/api/v1/notifications", headers=headers)
         one = api.get(f"/api/v1/notifications/{listed.json['items'][0]['id']}", headers=headers)
         sources = api.get("/api/v1/sources", headers=headers)
+    assert dashboard.status_code == 200
     assert page.status_code == 200 and "1001" in page.text
     assert [item["order"] for item in listed.json["items"]] == ["1001"]
     assert one.status_code == 200 and one.json["order"] == "1001"
