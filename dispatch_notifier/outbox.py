@@ -204,7 +204,6 @@ def _pair_insert_sql(
     return str(compiled)
 
 
-@functools.cache
 def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, ...]) -> Any:
     deliveries, notifications = Delivery.__table__, Notification.__table__
     new_delivery = (
