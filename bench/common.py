@@ -6,6 +6,7 @@ Every process a benchmark starts is its own process group, stopped by its id whe
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import base64
 import contextlib
@@ -413,6 +414,56 @@ def memory_of_tree(pid: int, pss: bool = True) -> tuple[int, int]:
             else:
                 rss += process.memory_info().rss
     return rss, proportional
+
+
+_PAGE_PRESENT = 1 << 63
+_PAGE_FRAME = (1 << 55) - 1  # bits 0-54 of a /proc/PID/pagemap entry: the physical frame
+
+
+def resident_frames(pid: int) -> set[int] | None:
+    """The physical page frames `pid` has resident (Linux `/proc/PID/pagemap`). None where they
+    cannot be read: another system, or not root (the kernel then reports every frame as 0)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    frames: set[int] = set()
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            regions = [line.split() for line in maps]
+        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        for fields in regions:
+            if fields[1].startswith("---") or fields[-1] == "[vsyscall]":
+                continue  # guard and reserved regions hold no pages
+            start, end = (int(address, 16) for address in fields[0].split("-"))
+            entries = array.array("Q")
+            with contextlib.suppress(OSError):  # a region unmapped since /maps was read
+                entries.frombytes(os.pread(fd, (end - start) // page * 8, start // page * 8))
+            frames.update(entry & _PAGE_FRAME for entry in entries if entry & _PAGE_PRESENT)
+    finally:
+        os.close(fd)
+    return None if frames and max(frames) == 0 else frames
+
+
+def resident_of_tree(pid: int) -> int | None:
+    """Resident memory of a process and its descendants with each physical page counted once,
+    however many of them map it: what the tree holds in RAM. None where frames cannot be read."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        pids = [root.pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return None
+    union: set[int] = set()
+    for each in pids:
+        frames = resident_frames(each)
+        if frames is None:
+            if psutil.pid_exists(each):
+                return None
+            continue  # it ended while we looked
+        union |= frames
+    return len(union) * os.sysconf("SC_PAGE_SIZE")
 
 
 # --- signed Shopify deliveries -----------------------------------------------------------------
