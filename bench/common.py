@@ -380,13 +380,22 @@ def _name_and_cpu_ticks(stat: str) -> tuple[str, int]:
     return head.partition("(")[2], int(fields[11]) + int(fields[12])
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, stolen, total) CPU seconds of the whole machine so far, from /proc/stat. Stolen is
+    time a virtual machine's CPUs had work but the hypervisor ran other guests instead: a slower
+    machine for a while, through no fault of what runs on it."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
+    stolen = fields[7]
     total = sum(fields[:8])  # guest time is already counted in user
     tick = os.sysconf("SC_CLK_TCK")
-    return (total - idle) / tick, total / tick
+    return (total - idle - stolen) / tick, stolen / tick, total / tick
+
+
+def stolen_share(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """The share of the machine's CPU time stolen between two `machine_cpu()` readings."""
+    total = after[2] - before[2]
+    return (after[1] - before[1]) / total if total > 0 else 0.0
 
 
 def rss_of_tree(pid: int) -> int:

@@ -83,6 +83,7 @@ def main() -> None:
             "p99 ms",
             "p99 × (b)",
             "p99 each round",
+            "CPU stolen % each round",
             "max ms",
             "generator lag p99 ms",
             "non-2xx",
@@ -263,6 +264,7 @@ def half_rate(
     rate = max(1.0, app.rate / 2)
     count = int(rate * args.half_rate_duration) + 10
     runs: dict[str, list[common.LoadResult]] = {server: [] for server, _ in HALF_RATE_SERVERS}
+    stolen: dict[str, list[float]] = {server: [] for server, _ in HALF_RATE_SERVERS}
     for number in range(args.rounds):
         order = HALF_RATE_SERVERS[number % 3 :] + HALF_RATE_SERVERS[: number % 3]
         for server, _ in order:
@@ -272,6 +274,7 @@ def half_rate(
             )
             # The app's ids differ from every other run's; (a) and (b) have no unique key.
             first_id = (20_000_000 if server == "app" else 30_000_000) + number * count
+            before = common.machine_cpu()
             runs[server].append(
                 common.python_load(
                     services[server],
@@ -280,6 +283,8 @@ def half_rate(
                     duration=args.half_rate_duration,
                 )
             )
+            # On a virtual machine a round can lose CPU to other guests: show it beside the p99.
+            stolen[server].append(100 * common.stolen_share(before, common.machine_cpu()))
     app.extra["half_ok"] = sum(r.requests - r.non_2xx for r in runs["app"])
     pooled = {server: [ms for r in runs[server] for ms in r.extra["latencies"]] for server in runs}
     store_p99 = common.percentile(pooled["store"], 99)
@@ -300,6 +305,7 @@ def half_rate(
                 p99,
                 common.ratio(p99, store_p99),
                 " ".join(f"{r.p99:.1f}" for r in runs[server] if r.p99 is not None),
+                " ".join(f"{share:.0f}" for share in stolen[server]),
                 max(latencies, default=None),
                 common.percentile(lags, 99),
                 failures,

@@ -77,6 +77,7 @@ def main() -> None:
             "PostgreSQL",
             "fake + bench",
             "machine CPU busy",
+            "CPU stolen",
             "sent",
             "target ≥ 0.85 × limit",
         ],
@@ -97,7 +98,7 @@ class Drain:
     rate: float | None
     baseline: float
     sent: int
-    cpu: dict[str, float | None]  # workers, postgres, harness, machine busy, machine total
+    cpu: dict[str, float | None]  # workers, postgres, harness, machine busy, stolen and total
     sends: int  # SMS sent while `cpu` was measured
 
 
@@ -121,7 +122,8 @@ def _row(db: str, concurrency: int, workers: int, drains: list[Drain], args) -> 
         _per_send(median, "workers"),
         _per_send(median, "postgres"),
         _per_send(median, "harness"),
-        _busy(median),
+        _share(median, "busy"),
+        _share(median, "stolen"),
         " ".join(f"{d.sent}" for d in drains) + f" of {args.backlog}",
         common.verdict(ok),
     ]
@@ -132,9 +134,10 @@ def _per_send(run: Drain, party: str) -> float | None:
     return None if seconds is None or run.sends <= 0 else seconds * 1000 / run.sends
 
 
-def _busy(run: Drain) -> str:
-    busy, total = run.cpu.get("busy"), run.cpu.get("total")
-    return "-" if not busy or not total else f"{busy / total:.0%}"
+def _share(run: Drain, part: str) -> str:
+    """The machine's CPU `part` ("busy": this machine's own work; "stolen": by the hypervisor)."""
+    seconds, total = run.cpu.get(part), run.cpu.get("total")
+    return "-" if seconds is None or not total else f"{seconds / total:.0%}"
 
 
 def steady_rate(times: list[float]) -> float | None:
@@ -155,12 +158,13 @@ class CpuMeter:
         self.procs = procs
 
     def read(self) -> dict[str, float | None]:
-        busy, total = common.machine_cpu()
+        busy, stolen, total = common.machine_cpu()
         return {
             "workers": sum(p.cpu_seconds() for p in self.procs),
             "postgres": common.cpu_seconds_of("postgres"),
             "harness": time.process_time(),
             "busy": busy,
+            "stolen": stolen,
             "total": total,
         }
 
