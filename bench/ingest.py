@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,6 +65,7 @@ def main() -> None:
             "× (a) bare",
             "× (b) store",
             "× (b) each round",
+            "CPU stolen % each round",
             "p50 ms",
             "p99 ms",
             "non-2xx",
@@ -166,8 +168,8 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
                     )
                 else:
                     deliveries, requests_file = shared, shared_file
-                results[server] = _closed_loop(
-                    services[server], deliveries, requests_file, args, use_wrk
+                results[server] = _noting_stolen(
+                    _closed_loop, services[server], deliveries, requests_file, args, use_wrk
                 )
                 if (
                     not args.smoke
@@ -213,6 +215,19 @@ def _closed_loop(service, deliveries, requests_file, args, use_wrk: bool):  # ty
     )
 
 
+def _noting_stolen(load: Callable[..., common.LoadResult], *args, **kwargs) -> common.LoadResult:  # type: ignore[no-untyped-def]
+    """Runs `load`, noting in its result the share of CPU time the hypervisor stole meanwhile:
+    on a virtual machine a round can run on a slower machine than the one before."""
+    before = common.machine_cpu()
+    result = load(*args, **kwargs)
+    result.extra["stolen"] = 100 * common.stolen_share(before, common.machine_cpu())
+    return result
+
+
+def _stolen_each(results: list[common.LoadResult]) -> str:
+    return " ".join(f"{r.extra.get('stolen', 0.0):.0f}" for r in results)
+
+
 def _median_run(rounds: list[dict[str, common.LoadResult]], server: str) -> common.LoadResult:
     """The round whose rate for `server` is the median (the lower middle one for an even count)."""
     ranked = sorted((r[server] for r in rounds), key=lambda result: result.rate)
@@ -239,6 +254,7 @@ def _row(db: str, server: str, label: str, rounds) -> list:  # type: ignore[no-u
         statistics.median(vs_bare),
         statistics.median(vs_store),
         " ".join(f"{ratio:.2f}" for ratio in vs_store),
+        _stolen_each([r[server] for r in rounds]),
         run.p50,
         run.p99,
         failures,
@@ -264,7 +280,6 @@ def half_rate(
     rate = max(1.0, app.rate / 2)
     count = int(rate * args.half_rate_duration) + 10
     runs: dict[str, list[common.LoadResult]] = {server: [] for server, _ in HALF_RATE_SERVERS}
-    stolen: dict[str, list[float]] = {server: [] for server, _ in HALF_RATE_SERVERS}
     for number in range(args.rounds):
         order = HALF_RATE_SERVERS[number % 3 :] + HALF_RATE_SERVERS[: number % 3]
         for server, _ in order:
@@ -274,17 +289,15 @@ def half_rate(
             )
             # The app's ids differ from every other run's; (a) and (b) have no unique key.
             first_id = (20_000_000 if server == "app" else 30_000_000) + number * count
-            before = common.machine_cpu()
             runs[server].append(
-                common.python_load(
+                _noting_stolen(
+                    common.python_load,
                     services[server],
                     common.distinct_deliveries(count, start=first_id),
                     rate=rate,
                     duration=args.half_rate_duration,
                 )
             )
-            # On a virtual machine a round can lose CPU to other guests: show it beside the p99.
-            stolen[server].append(100 * common.stolen_share(before, common.machine_cpu()))
     app.extra["half_ok"] = sum(r.requests - r.non_2xx for r in runs["app"])
     pooled = {server: [ms for r in runs[server] for ms in r.extra["latencies"]] for server in runs}
     store_p99 = common.percentile(pooled["store"], 99)
@@ -305,7 +318,7 @@ def half_rate(
                 p99,
                 common.ratio(p99, store_p99),
                 " ".join(f"{r.p99:.1f}" for r in runs[server] if r.p99 is not None),
-                " ".join(f"{share:.0f}" for share in stolen[server]),
+                _stolen_each(runs[server]),
                 max(latencies, default=None),
                 common.percentile(lags, 99),
                 failures,

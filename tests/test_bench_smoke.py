@@ -44,6 +44,10 @@ INGEST_HALF_RATE_STOLEN = (
     r"\| sqlite \| dispatch-notifier serve \| [\d,.]+ \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
     r"\| [\d. ]+ \| \d+( \d+)* \| [\d.]+ \|"
 )
+INGEST_CLOSED_LOOP_STOLEN = (
+    r"\| sqlite \| dispatch-notifier serve \| \w+ \| [\d,.]+ \| [\d.]+ \| [\d.]+ \| [\d. ]+ "
+    r"\| \d+( \d+)* \| [\d.]+ \|"
+)
 # Too small a backlog to meter the CPU in smoke mode: the column is there, with "-".
 THROUGHPUT_STOLEN = r"\| machine CPU busy \| CPU stolen \| sent \|"
 
@@ -69,7 +73,12 @@ MEMORY_BOTH_VERDICTS = (
             "ingest.py",
             ["--db", "sqlite"],
             "Webhook ingestion",
-            [INGEST_VERDICT, INGEST_HALF_RATE_STORE, INGEST_HALF_RATE_STOLEN],
+            [
+                INGEST_VERDICT,
+                INGEST_HALF_RATE_STORE,
+                INGEST_HALF_RATE_STOLEN,
+                INGEST_CLOSED_LOOP_STOLEN,
+            ],
         ),
         ("e2e_latency.py", ["--db", "sqlite"], "End-to-end latency", None),
         ("throughput.py", ["--db", "sqlite"], "Send throughput", [THROUGHPUT_STOLEN]),
