@@ -180,8 +180,14 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_builtin_loaded = False
+
+
 def _load_builtin() -> None:
-    if not _REGISTRY:
+    # A flag, not "is the registry empty": a platform module imported on its own (by a test, a
+    # script) registers itself, and the other built-in platforms must still load.
+    global _builtin_loaded
+    if not _builtin_loaded:
         from dispatch_notifier.platforms import (  # noqa: F401
             bigcommerce,
             shopify,
@@ -189,6 +195,8 @@ def _load_builtin() -> None:
             standard,
             woocommerce,
         )
+
+        _builtin_loaded = True
 
 
 _CARRIER_ACRONYMS = {"dhl", "dpd", "ups", "usps", "tnt", "gls", "ems", "dsv", "ctt", "uk", "us"}
