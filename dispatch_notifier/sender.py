@@ -133,7 +133,7 @@ class Sender:
         """
         started = self._start_quickly(row) if row is not None else None
         if started is None:
-            started = self._start(notification_id)
+            started = self._start(notification_id, row)
         if not isinstance(started, _Started):
             return started
         prepared = started.prepared
@@ -162,7 +162,7 @@ class Sender:
         now = utcnow()
         if row.gate_paused_until is not None and row.gate_paused_until > now:
             return None
-        if row.requested_by is None and self.policy.expired(row.created_at, now):
+        if self._expired(row, now):
             return None
         event = DispatchEvent.from_json(row.event_json)
         if event.needs_enrichment:  # a call to the platform, to be made once, in `_start`
@@ -176,19 +176,29 @@ class Sender:
             return None
         return self._started(row, prepared)
 
-    def _start(self, notification_id: int) -> _Started | str | None:
-        """Everything before the HTTP call, in one transaction: returns what to send, or the
-        state the row was taken to instead (None if it is not ours)."""
+    def _start(self, notification_id: int, claimed: Row | None = None) -> _Started | str | None:
+        """Everything before the HTTP call: returns what to send, or the state the row was taken
+        to instead (None if it is not ours). `claimed`: the row as `load` read it, if known.
+
+        A call to the shop's platform comes first, outside any transaction: it can take seconds,
+        and on SQLite a writing transaction would hold every webhook up for that long.
+        """
+        fetched = self._fetch_details(notification_id, claimed)
+        if fetched is None:
+            return None
         with self.db.session() as session:
             row = session.connection().execute(_LOAD, {"id": notification_id}).first()
             if row is None or not self._ours(row):
                 return None
-            # A deliberate resend is not held to the age bound of the original event.
-            if row.requested_by is None and self.policy.expired(row.created_at, utcnow()):
+            if self._expired(row):
                 return self._finish(
                     session, row.id, FAILED, "expired: too old to be worth sending", "expired"
                 )
-            prepared = self.prepare(session, row)
+            prepared = (
+                fetched
+                if isinstance(fetched, Prepared)
+                else self.prepare(session, row, event=fetched)
+            )
             if prepared.outcome is not None:
                 return self._finish_prepared(session, row, prepared)
             fields = self._sending_fields(row, prepared)
@@ -199,8 +209,42 @@ class Sender:
                 return None
             return self._started(row, prepared)
 
+    def _fetch_details(
+        self, notification_id: int, claimed: Row | None
+    ) -> DispatchEvent | Prepared | None:
+        """The row's event, with what its platform's API adds when the webhook lacked it, or the
+        outcome of a failed fetch; None if the row is not ours. Holds no transaction open.
+
+        Only the lease holder writes a leased row's event, so this is still the row's event when
+        `_start` takes its transaction.
+        """
+        row = claimed or self._read(notification_id)
+        if row is None or not self._ours(row):
+            return None
+        event = DispatchEvent.from_json(row.event_json)
+        if not event.needs_enrichment or self._expired(row):
+            return event  # an expired row is failed in `_start`, not fetched for first
+        with self.db.read_session() as session:
+            source = session.get(Source, row.source_id)
+        try:
+            return platforms.get(source.platform).enrich(event, source)
+        except platforms.EnrichmentError as exc:
+            return Prepared(
+                outcome=RETRYING if exc.retryable else FAILED,
+                reason=str(exc),
+                error_code="enrichment",
+            )
+
+    def _read(self, notification_id: int) -> Row | None:
+        with self.db.read_session() as session:
+            return session.connection().execute(_LOAD, {"id": notification_id}).first()
+
     def _ours(self, row: Row) -> bool:
         return row.lease_owner == self.owner and row.status in CLAIMABLE_STATUSES
+
+    def _expired(self, row: Row, now: datetime | None = None) -> bool:
+        # A deliberate resend is not held to the age bound of the original event.
+        return row.requested_by is None and self.policy.expired(row.created_at, now or utcnow())
 
     def _sending_fields(
         self, row: Row, prepared: Prepared, enriched: bool = True
@@ -273,23 +317,13 @@ class Sender:
         check_suppression: bool = True,
         event: DispatchEvent | None = None,
     ) -> Prepared:
-        """Everything short of sending: enrichment, number, suppression, template, text.
+        """Everything short of sending: number, suppression, template, text.
 
         `row` is a `_LOAD` row: the notification's columns and its source's, read in one query;
-        `event`, its event if already parsed. `check_suppression=False` leaves the suppression
-        list to the caller's guarded update.
+        `event`, its event if already parsed (and enriched: see `_fetch_details`).
+        `check_suppression=False` leaves the suppression list to the caller's guarded update.
         """
         event = event or DispatchEvent.from_json(row.event_json)
-        if event.needs_enrichment:
-            source = session.get(Source, row.source_id)
-            try:
-                event = platforms.get(source.platform).enrich(event, source)
-            except platforms.EnrichmentError as exc:
-                return Prepared(
-                    outcome=RETRYING if exc.retryable else FAILED,
-                    reason=str(exc),
-                    error_code="enrichment",
-                )
         region = event.country or row.source_default_country or self.default_country
         choice = phones.choose(event.phones, region)
         if choice.e164 is None:

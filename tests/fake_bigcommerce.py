@@ -2,7 +2,7 @@
 
 Serves `GET /stores/{hash}/v2/orders/{id}`, `…/shipments/{id}` and `…/products` from dicts, checks
 `X-Auth-Token`, records every request, and can be scripted to fail (status codes, dropped
-connections, slow answers) for the next requests.
+connections, slow or held answers) for the next requests.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ ROUTE = re.compile(r"^/stores/([^/]+)/v2/orders/(\d+)(?:/(shipments)/(\d+)|/(pro
 
 @dataclass
 class Scripted:
-    """What to do instead of answering normally: a status code, a dropped connection, a delay."""
+    """What to do instead of answering normally: a status code, a dropped connection, a delay,
+    or no answer until the test sets `hold` (at most 30 s)."""
 
     status: int | None = None
     drop: bool = False
     delay: float = 0.0
+    hold: threading.Event | None = None
 
 
 @dataclass
@@ -144,6 +146,8 @@ class FakeBigCommerce:
             self.requests.append(SeenRequest(request.path, request.headers.get("X-Auth-Token")))
             step = self._script.pop(0) if self._script else None
         if step is not None:
+            if step.hold is not None:
+                step.hold.wait(30)
             if step.delay:
                 time.sleep(step.delay)
             if step.drop:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -257,6 +258,44 @@ def test_a_slow_api_is_a_retry_not_a_hang(app, client, fake_bc, monkeypatch, cap
     assert time.monotonic() - started < 5
     assert "retrying (BigCommerce shipment (order 251, shipment 12): ReadTimeout)" in caplog.text
     assert len(fake_bc.requests) == 4  # the timed-out shipment fetch, then all three again
+
+
+def test_webhooks_are_stored_while_the_worker_waits_for_the_api(app, client, fake_bc, monkeypatch):
+    """A fetch from the shop's API can take seconds: no database lock is held across it.
+
+    On SQLite a transaction that has written (or, here, is about to) holds every other writer up,
+    webhooks included.
+    """
+    monkeypatch.setattr(bigcommerce, "TIMEOUT", (3.0, 60.0))  # the fetch waits for `answered`
+    fake_bc.add_order(252, 13)
+    answered = threading.Event()
+    fake_bc.script(Scripted(hold=answered))
+    post_bc(client, shipment_created())
+    worker = threading.Thread(target=Worker(app).run_until_idle)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not fake_bc.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake_bc.paths() == [f"/stores/{STORE}/v2/orders/251/shipments/12"]
+        # The worker is inside that fetch, which the fake holds unanswered until told.
+        statuses: list[int] = []
+        webhook = threading.Thread(
+            target=lambda: statuses.append(
+                post_bc(app.test_client(), shipment_created(13, 252)).status_code
+            )
+        )
+        webhook.start()
+        webhook.join(30)
+        assert statuses == [200]
+        assert not answered.is_set() and worker.is_alive()
+    finally:
+        answered.set()
+        worker.join(30)
+    Worker(app).run_until_idle()
+    rows = sorted(notifications(app), key=lambda row: row.order_id)
+    assert [(row.order_id, row.status) for row in rows] == [("251", "sent"), ("252", "sent")]
+    assert rows[0].event["customer_name"] == "Alex Example"
 
 
 def test_a_missing_products_list_does_not_hold_the_sms(app, client, fake_bc):
