@@ -12,6 +12,7 @@ from sqlalchemy import select
 from dispatch_notifier import segments
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import AuditEntry, MessageTemplate, Notification, Source, utcnow
+from dispatch_notifier.sources import fingerprint
 from tests.console_helpers import add_many, add_notification, logged_in
 
 EDITOR = "/admin/templates/dispatched/en"
@@ -170,10 +171,12 @@ def test_rotate_keeps_the_old_secret_until_retired(app):
     add_notification(app, source="myshop")
     with get_db(app).session() as session:
         sid = session.scalar(select(Source.id).where(Source.name == "myshop"))
-    client.post(f"/admin/sources/{sid}/rotate", data={"csrf_token": token})
+    page = client.post(f"/admin/sources/{sid}/rotate", data={"csrf_token": token}).text
     with get_db(app).session() as session:
         secrets = session.get(Source, sid).secrets
     assert len(secrets) == 2 and secrets[1] == "s3cret-myshop"
+    # The page answering the rotation shows it (not what was read before it).
+    assert "Also still accepted" in page and fingerprint("s3cret-myshop") in page
     client.post(f"/admin/sources/{sid}/retire", data={"csrf_token": token})
     with get_db(app).session() as session:
         assert session.get(Source, sid).secrets == secrets[:1]

@@ -1,5 +1,6 @@
-"""On SQLite, reading never takes the write lock: the dashboard, the send log, its CSV export,
-the API and /readyz go on while a writer holds it, and webhooks while the log is being read."""
+"""On SQLite, reading never takes the write lock: every console page, the send log's CSV export,
+the API and /readyz go on while a writer holds it, and webhooks while the log is being read or a
+test SMS is on its way."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from sqlalchemy import select
 
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import Delivery, Source
+from dispatch_notifier.sms.dotdigital import DotdigitalClient
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital, slow
 from tests.conftest import fulfillment, post_shopify
 from tests.console_helpers import add_notification, logged_in
 
@@ -67,6 +70,66 @@ def test_the_console_and_the_api_answer_while_a_writer_holds_the_lock(app: Flask
     assert [item["order"] for item in listed.json["items"]] == ["1001"]
     assert one.status_code == 200 and one.json["order"] == "1001"
     assert sources.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/sources",
+        "/admin/templates",
+        "/admin/templates/dispatched/en",
+        "/admin/templates/dispatched/de",  # a new language, started from the default text
+        "/admin/templates/dispatched/en/versions/1",
+        "/admin/log/{id}",
+        "/admin/log/{id}/resend",
+    ],
+)
+def test_every_console_page_answers_while_a_writer_holds_the_lock(app: Flask, path: str) -> None:
+    notification_id = add_notification(app, order="1001", status="failed")
+    console, _token = logged_in(app)
+    with write_lock_held(app):
+        page = console.get(path.format(id=notification_id))
+    assert page.status_code == 200, page.text[:300]
+
+
+def test_a_webhook_is_stored_while_a_test_sms_is_on_its_way(
+    app_factory: Any, fake_dotdigital: FakeDotdigital, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = app_factory(
+        SMS_BACKEND="dotdigital",
+        DOTDIGITAL_API_URL=fake_dotdigital.url,
+        DOTDIGITAL_USER=fake_dotdigital.user,
+        DOTDIGITAL_PASSWORD=fake_dotdigital.password,
+        DOTDIGITAL_READ_TIMEOUT=30.0,
+    )
+    fake_dotdigital.script(slow(5))  # Dotdigital takes its time to answer the test SMS
+    sending = threading.Event()
+    real_send = DotdigitalClient.send
+
+    def noting_the_start(client: DotdigitalClient, e164: str, message: str) -> Any:
+        sending.set()
+        return real_send(client, e164, message)
+
+    monkeypatch.setattr(DotdigitalClient, "send", noting_the_start)
+    console, token = logged_in(app)
+    tested: list[int] = []
+    test_send = threading.Thread(
+        target=lambda: tested.append(
+            console.post(
+                "/admin/templates/dispatched/en/test",
+                data={"number": "07911 123456", "csrf_token": token},
+            ).status_code
+        )
+    )
+    test_send.start()
+    try:
+        assert sending.wait(10), "the test SMS was never sent"
+        answer = post_shopify(app.test_client(), fulfillment(fulfillment_id=9902))
+        # Answered while the test SMS still waits for Dotdigital, not after it.
+        assert answer.status_code == 200 and test_send.is_alive()
+    finally:
+        test_send.join(30)
+    assert tested == [302] and len(fake_dotdigital.sent) == 1
 
 
 def test_a_webhook_is_stored_while_the_send_log_csv_is_streaming(app: Flask) -> None:

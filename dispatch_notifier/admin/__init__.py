@@ -114,7 +114,12 @@ def _csrf_error(exc: CSRFError) -> Any:
 def _load_user() -> Any:
     user_id = session.get("user_id")
     # Only read: a page that reads nothing else must not take SQLite's write lock for it.
-    g.user = get_read_session().get(User, user_id) if user_id else None
+    reader = get_read_session()
+    g.user = reader.get(User, user_id) if user_id else None
+    # End that read here: its connection goes back to the pool for the page's own queries, and
+    # on SQLite a page read after the request's write sees that write, not the snapshot
+    # taken here.
+    reader.commit()
     if g.user is None and request.endpoint not in PUBLIC_ENDPOINTS:
         if request.method == "GET":
             return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))

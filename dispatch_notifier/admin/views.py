@@ -129,7 +129,7 @@ def _env_managed() -> set[str]:
 
 @bp.get("/sources")
 def sources_page(revealed: dict[int, str] | None = None, status: int = 200) -> Any:
-    db = get_session()
+    db = get_read_session()
     rows = db.scalars(select(Source).order_by(Source.name)).all()
     since = utcnow() - timedelta(hours=24)
     counts: dict[int, dict[str, int]] = {}
@@ -218,14 +218,15 @@ def retire_secret(source_id: int) -> Any:
 
 
 def _connected_platforms() -> list[str]:
-    found = get_session().scalars(select(Source.platform).distinct().order_by(Source.platform))
+    found = get_read_session().scalars(select(Source.platform).distinct().order_by(Source.platform))
     return list(found) or ["shopify"]
 
 
-def _template(kind: str, locale: str) -> MessageTemplate | None:
+def _template(kind: str, locale: str, db: Session | None = None) -> MessageTemplate | None:
+    """The template, read without a lock unless `db` (the writing session) is given."""
     if not KIND_PATTERN.match(kind) or not LOCALE_PATTERN.match(locale):
         abort(404)
-    return get_session().scalar(
+    return (db or get_read_session()).scalar(
         select(MessageTemplate).where(
             MessageTemplate.kind == kind, MessageTemplate.locale == locale
         )
@@ -235,7 +236,7 @@ def _template(kind: str, locale: str) -> MessageTemplate | None:
 @bp.get("/templates")
 def templates_page() -> str:
     rows = (
-        get_session()
+        get_read_session()
         .scalars(select(MessageTemplate).order_by(MessageTemplate.kind, MessageTemplate.locale))
         .all()
     )
@@ -256,7 +257,7 @@ def _versions(template: MessageTemplate | None) -> list[TemplateVersion]:
     if template is None:
         return []
     return list(
-        get_session().scalars(
+        get_read_session().scalars(
             select(TemplateVersion)
             .where(TemplateVersion.template_id == template.id)
             .order_by(TemplateVersion.number.desc())
@@ -300,7 +301,7 @@ def edit_template(kind: str, locale: str) -> Any:
     else:
         # A new language starts from the default text, to be translated.
         fallback = message_templates.find(
-            get_session(), kind, None, message_templates.DEFAULT_LOCALE
+            get_read_session(), kind, None, message_templates.DEFAULT_LOCALE
         )
         body = fallback.current_version.body if fallback and fallback.current_version else ""
     return _render_editor(kind, locale, body)
@@ -330,7 +331,7 @@ def save_template(kind: str, locale: str) -> Any:
 @bp.post("/templates/<kind>/<locale>/enabled")
 def set_template_enabled(kind: str, locale: str) -> Any:
     """Pause or resume a template: while paused, its messages are skipped with that reason."""
-    template = _template(kind, locale)
+    template = _template(kind, locale, get_session())
     if template is None:
         abort(404)
     template.enabled = request.form.get("enabled") == "yes"
@@ -367,7 +368,7 @@ def preview_json() -> Response:
 def _version_or_404(template: MessageTemplate | None, number: int) -> TemplateVersion:
     if template is None:
         abort(404)
-    version = get_session().scalar(
+    version = get_read_session().scalar(
         select(TemplateVersion).where(
             TemplateVersion.template_id == template.id, TemplateVersion.number == number
         )
@@ -396,7 +397,7 @@ def word_diff(old: str, new: str) -> list[tuple[str, str]]:
 def template_version(kind: str, locale: str, number: int) -> str:
     template = _template(kind, locale)
     version = _version_or_404(template, number)
-    previous = get_session().scalar(
+    previous = get_read_session().scalar(
         select(TemplateVersion)
         .where(TemplateVersion.template_id == version.template_id, TemplateVersion.number < number)
         .order_by(TemplateVersion.number.desc())
@@ -540,7 +541,7 @@ def log_csv() -> Any:
 
 
 def _notification_or_404(notification_id: int, db: Session | None = None) -> Notification:
-    row = (db or get_session()).get(Notification, notification_id)
+    row = (db or get_read_session()).get(Notification, notification_id)
     if row is None:
         abort(404)
     return row
