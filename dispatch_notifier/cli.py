@@ -266,25 +266,34 @@ def resend(notification_id: int, yes: bool, actor: str) -> None:
     """Deliberately send a notification again (a new send-log row)."""
     from dispatch_notifier.resend import ResendError, resend_notification
 
+    # Read, then ask, then write: no transaction stays open while the operator thinks (on
+    # SQLite a writing one would hold every webhook up).
+    with get_db().read_session() as session:
+        status = session.scalar(
+            select(Notification.status).where(Notification.id == notification_id)
+        )
+    if status is None:
+        fail(f"no notification {notification_id}")
+    if status in ("sent", "unknown") and not yes:
+        warning = (
+            "was already sent"
+            if status == "sent"
+            else "may already have been sent (status unknown)"
+        )
+        if not _interactive():
+            fail(f"notification {notification_id} {warning}; pass --yes to send it again")
+        click.confirm(f"Notification {notification_id} {warning}. Send again?", abort=True)
     with get_db().session() as session:
-        row = session.get(Notification, notification_id)
-        if row is None:
-            fail(f"no notification {notification_id}")
-        assert row is not None
-        if row.status in ("sent", "unknown") and not yes:
-            warning = (
-                "was already sent"
-                if row.status == "sent"
-                else "may already have been sent (status unknown)"
-            )
-            if not sys.stdin.isatty():
-                fail(f"notification {notification_id} {warning}; pass --yes to send it again")
-            click.confirm(f"Notification {notification_id} {warning}. Send again?", abort=True)
         try:
             new = resend_notification(session, notification_id, actor)
         except ResendError as exc:
             fail(str(exc))
     click.echo(f"queued notification {new.id} as a resend of {notification_id}")
+
+
+def _interactive() -> bool:
+    """True when a person can answer a question (stdin is a terminal)."""
+    return sys.stdin.isatty()
 
 
 @click.command("send-test")

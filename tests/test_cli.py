@@ -97,6 +97,25 @@ def test_resend_with_yes_queues_it_again_and_records_who_asked(app, runner, caps
         assert (audit.actor, audit.action) == ("ops", "resend")
 
 
+def test_webhooks_are_stored_while_resend_waits_for_the_operator(app, runner, monkeypatch):
+    send_some(app)
+    webhooks: list[int] = []
+
+    def operator_takes_a_while(question: str, abort: bool = False) -> bool:
+        assert "was already sent" in question
+        # Meanwhile a shop posts a webhook: it must not wait for the operator's answer.
+        webhooks.append(post_shopify(app.test_client(), fulfillment(3, 13)).status_code)
+        return True
+
+    monkeypatch.setattr("dispatch_notifier.cli._interactive", lambda: True)
+    monkeypatch.setattr("click.confirm", operator_takes_a_while)
+    result = runner.invoke(args=["resend", "1"])
+    assert result.exit_code == 0, result.output
+    assert webhooks == [200]
+    with get_db(app).session() as session:
+        assert session.get(Notification, 1).requested_by == "cli"
+
+
 def test_resend_of_a_missing_notification_fails(runner):
     result = runner.invoke(args=["resend", "999"])
     assert result.exit_code != 0
