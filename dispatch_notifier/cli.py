@@ -332,7 +332,7 @@ def sources_list(as_json: bool) -> None:
     """List sources with their webhook path and secret fingerprints (never the secrets)."""
     from dispatch_notifier.sources import fingerprint
 
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         rows = session.scalars(select(Source).order_by(Source.name)).all()
         data = [
             {
@@ -448,7 +448,7 @@ def templates_list(variables: bool) -> None:
         for name, description in TEMPLATE_VARIABLES.items():
             click.echo(f"{{{{ {name} }}}}  {description}")
         return
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         for t in session.scalars(
             select(MessageTemplate).order_by(MessageTemplate.kind, MessageTemplate.locale)
         ):
@@ -479,7 +479,7 @@ def templates_preview(kind: str, locale: str, path: str | None) -> None:
         with open(path, encoding="utf-8") as fh:
             body = fh.read()
     else:
-        with get_db().session() as session:
+        with get_db().read_session() as session:
             template = message_templates.find(session, kind, locale, locale)
             if template is None or template.current_version is None:
                 fail(f"no template {kind}/{locale}")
@@ -534,7 +534,7 @@ def templates_export(directory: str) -> None:
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         for t in session.scalars(select(MessageTemplate)):
             if t.current_version is None:
                 continue
@@ -569,7 +569,7 @@ def simulate(source_name: str, url: str, phone: str, order_number: str) -> None:
 
     from dispatch_notifier.platform_samples import signed_sample
 
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         source = session.scalar(select(Source).where(Source.name == source_name))
         if source is None or not source.secrets:
             fail(

@@ -73,7 +73,7 @@ def suppress_remove(number: str, country: str | None, actor: str) -> None:
 @with_appcontext
 def suppress_list(as_json: bool) -> None:
     """The suppressed numbers (masked), newest first."""
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         rows = session.scalars(
             select(Suppression).order_by(Suppression.created_at.desc(), Suppression.id.desc())
         ).all()

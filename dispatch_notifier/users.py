@@ -169,7 +169,7 @@ def users_set_password(name: str) -> None:
 @with_appcontext
 def users_list() -> None:
     """List console users and when they last logged in."""
-    with get_db().session() as session:
+    with get_db().read_session() as session:
         rows = session.scalars(select(User).order_by(User.username)).all()
         if not rows:
             click.echo("no users: create one with `dispatch-notifier users create NAME`")

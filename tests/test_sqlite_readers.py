@@ -92,6 +92,34 @@ def test_every_console_page_answers_while_a_writer_holds_the_lock(app: Flask, pa
     assert page.status_code == 200, page.text[:300]
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["sources", "list"],
+        ["templates", "list"],
+        ["templates", "preview", "dispatched"],
+        ["templates", "export", "--dir", "{tmp}"],
+        ["suppress", "list"],
+        ["users", "list"],
+        ["log"],
+    ],
+)
+def test_commands_that_only_read_run_while_a_writer_holds_the_lock(
+    app: Flask, args: list[str], tmp_path: Any
+) -> None:
+    with write_lock_held(app):
+        result = app.test_cli_runner().invoke(args=[a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 0, result.output
+
+
+def test_simulate_reads_its_source_while_a_writer_holds_the_lock(app: Flask) -> None:
+    closed = "http://127.0.0.1:9"  # nothing listens: the post fails, after the read
+    with write_lock_held(app):
+        result = app.test_cli_runner().invoke(args=["simulate", "shopify", "--url", closed])
+    assert result.exit_code != 0
+    assert "could not reach" in result.output, result.output
+
+
 def test_a_webhook_is_stored_while_a_test_sms_is_on_its_way(
     app_factory: Any, fake_dotdigital: FakeDotdigital, monkeypatch: pytest.MonkeyPatch
 ) -> None:
