@@ -160,6 +160,14 @@ def test_a_webhook_is_stored_while_a_test_sms_is_on_its_way(
     assert tested == [302] and len(fake_dotdigital.sent) == 1
 
 
+def test_a_post_to_an_unknown_source_answers_404_while_a_writer_holds_the_lock(app: Flask) -> None:
+    # Anyone can post to any name: looking it up must not queue for (or take) the write lock.
+    with write_lock_held(app):
+        response = app.test_client().post("/webhooks/no-such-shop", data=b"{}")
+    assert response.status_code == 404
+    assert response.json["error"] == "unknown_source"
+
+
 def test_a_webhook_is_stored_while_the_send_log_csv_is_streaming(app: Flask) -> None:
     for number in range(3):
         add_notification(app, order=str(1001 + number))

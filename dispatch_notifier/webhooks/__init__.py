@@ -75,9 +75,11 @@ def receive(source_name: str) -> Response:
 class SourceCache:
     """Sources by name, kept for a moment so a burst of webhooks does not re-read the same row.
 
-    Also keeps the lookup out of the ingest transaction: on SQLite every transaction holds the
-    write lock, which verifying and parsing would otherwise hold too. Changes made elsewhere (a
-    disabled source, a rotated secret) apply within `SOURCE_CACHE_SECONDS`.
+    Also keeps the lookup out of the ingest transaction: on SQLite a writing transaction holds
+    the write lock, which verifying and parsing would otherwise hold too. The lookup itself only
+    reads, so it takes no lock: a stream of posts to names that do not exist (no secret needed)
+    cannot keep the lock from the real webhooks. Changes made elsewhere (a disabled source, a
+    rotated secret) apply within `SOURCE_CACHE_SECONDS`.
     """
 
     def __init__(self) -> None:
@@ -92,7 +94,7 @@ class SourceCache:
             cached = self._entries.get(key)
         if cached is not None and now - cached[0] < ttl:
             return cached[1]
-        with db.session() as session:
+        with db.read_session() as session:
             source = session.scalar(select(Source).where(Source.name == name))
             if source is not None:
                 session.expunge(source)
