@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from dispatch_notifier.db import get_db
+from dispatch_notifier.db import Database, get_db
 from dispatch_notifier.models import LoginAttempt, User, utcnow
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -60,9 +60,10 @@ def validate(username: str, password: str) -> None:
 def create_user(session: Session, username: str, password: str) -> User:
     """Add a user with a werkzeug (scrypt) password hash; the caller commits."""
     validate(username, password)
+    password_hash = generate_password_hash(password)  # first: ~100 ms, before any lock is taken
     if session.scalar(select(User.id).where(User.username == username)):
         raise UserError(f"a user named {username!r} exists already")
-    user = User(username=username, password_hash=generate_password_hash(password))
+    user = User(username=username, password_hash=password_hash)
     session.add(user)
     session.flush()
     return user
@@ -70,10 +71,11 @@ def create_user(session: Session, username: str, password: str) -> User:
 
 def set_password(session: Session, username: str, password: str) -> User:
     validate(username, password)
+    password_hash = generate_password_hash(password)  # first: ~100 ms, before any lock is taken
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
         raise UserError(f"no user named {username!r}")
-    user.password_hash = generate_password_hash(password)
+    user.password_hash = password_hash
     return user
 
 
@@ -98,26 +100,35 @@ def is_limited(session: Session, username: str, address: str | None) -> bool:
     )
 
 
-def authenticate(
-    session: Session, username: str, password: str, address: str | None
-) -> LoginResult:
-    """Check a login; failures are recorded and rate limited. Commits."""
-    if is_limited(session, username, address):
-        return LoginResult(None, limited=True)
-    user = session.scalar(select(User).where(User.username == username))
-    ok = check_password_hash(user.password_hash if user else _dummy_hash(), password)
+def authenticate(db: Database, username: str, password: str, address: str | None) -> LoginResult:
+    """Check a login; failures are recorded and rate limited.
+
+    The password check (scrypt, about 100 ms of CPU) runs with no transaction open: on SQLite a
+    writing one would hold every webhook up for it, at the bidding of anyone who can post a form.
+    """
+    with db.read_session() as reader:
+        if is_limited(reader, username, address):
+            return LoginResult(None, limited=True)
+        found = reader.execute(
+            select(User.id, User.password_hash).where(User.username == username)
+        ).first()
+    ok = check_password_hash(found.password_hash if found else _dummy_hash(), password)
     now = utcnow()
     user_key, addr_key = _keys(username, address)
-    if user is None or not ok:
-        session.add_all([LoginAttempt(key=user_key, attempted_at=now), LoginAttempt(key=addr_key)])
-        # Old rows are useless once outside the window; trimming here keeps the table small.
-        session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - WINDOW))
+    with db.session() as session:
+        user = session.get(User, found.id) if found and ok else None
+        if user is None:
+            session.add_all(
+                [LoginAttempt(key=user_key, attempted_at=now), LoginAttempt(key=addr_key)]
+            )
+            # Old rows are useless once outside the window; trimming here keeps the table small.
+            session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - WINDOW))
+            session.commit()
+            return LoginResult(None)
+        session.execute(delete(LoginAttempt).where(LoginAttempt.key == user_key))
+        user.last_login_at = now
         session.commit()
-        return LoginResult(None)
-    session.execute(delete(LoginAttempt).where(LoginAttempt.key == user_key))
-    user.last_login_at = now
-    session.commit()
-    return LoginResult(user)
+        return LoginResult(user)
 
 
 # --- command line --------------------------------------------------------------------------

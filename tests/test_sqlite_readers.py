@@ -14,12 +14,13 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from dispatch_notifier import users
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import Delivery, Source
 from dispatch_notifier.sms.dotdigital import DotdigitalClient
 from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital, slow
 from tests.conftest import fulfillment, post_shopify
-from tests.console_helpers import add_notification, logged_in
+from tests.console_helpers import PASSWORD, add_notification, create_user, csrf_token, logged_in
 
 TOKEN = "reader-test-token"
 
@@ -158,6 +159,29 @@ def test_a_webhook_is_stored_while_a_test_sms_is_on_its_way(
     finally:
         test_send.join(30)
     assert tested == [302] and len(fake_dotdigital.sent) == 1
+
+
+@pytest.mark.parametrize("password", [PASSWORD, "a wrong password"])
+def test_a_webhook_is_stored_while_a_login_checks_its_password(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    create_user(app)
+    webhooks: list[int] = []
+    real_check = users.check_password_hash
+
+    def slow_check(password_hash: str, candidate: str) -> bool:
+        # scrypt takes ~100 ms: a webhook arriving meanwhile must not wait for it.
+        webhooks.append(post_shopify(app.test_client(), fulfillment(9903)).status_code)
+        return real_check(password_hash, candidate)
+
+    monkeypatch.setattr(users, "check_password_hash", slow_check)
+    client = app.test_client()
+    token = csrf_token(client)
+    response = client.post(
+        "/admin/login", data={"username": "owner", "password": password, "csrf_token": token}
+    )
+    assert webhooks == [200]
+    assert response.status_code == (302 if password == PASSWORD else 401)
 
 
 def test_a_post_to_an_unknown_source_answers_404_while_a_writer_holds_the_lock(app: Flask) -> None:

@@ -25,7 +25,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from dispatch_notifier import users
-from dispatch_notifier.db import get_read_session, get_session
+from dispatch_notifier.db import get_db, get_read_session, get_session
 from dispatch_notifier.models import AuditEntry, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -147,8 +147,7 @@ def login() -> Any:
         return render_template("admin/login.html", next=request.args.get("next", ""))
     username = (request.form.get("username") or "").strip()
     password = request.form.get("password") or ""
-    db = get_session()
-    result = users.authenticate(db, username, password, request.remote_addr)
+    result = users.authenticate(get_db(), username, password, request.remote_addr)
     if result.limited:
         return (
             render_template(
