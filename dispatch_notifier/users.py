@@ -105,27 +105,35 @@ def authenticate(db: Database, username: str, password: str, address: str | None
 
     The password check (scrypt, about 100 ms of CPU) runs with no transaction open: on SQLite a
     writing one would hold every webhook up for it, at the bidding of anyone who can post a form.
+    So the attempt is counted as a failure before the check, in the transaction that reads the
+    limit (on SQLite, concurrent attempts cannot all slip under it), and forgiven if it succeeds.
     """
-    with db.read_session() as reader:
-        if is_limited(reader, username, address):
-            return LoginResult(None, limited=True)
-        found = reader.execute(
-            select(User.id, User.password_hash).where(User.username == username)
-        ).first()
-    ok = check_password_hash(found.password_hash if found else _dummy_hash(), password)
     now = utcnow()
     user_key, addr_key = _keys(username, address)
     with db.session() as session:
-        user = session.get(User, found.id) if found and ok else None
-        if user is None:
-            session.add_all(
-                [LoginAttempt(key=user_key, attempted_at=now), LoginAttempt(key=addr_key)]
+        if is_limited(session, username, address):
+            return LoginResult(None, limited=True)
+        by_address = LoginAttempt(key=addr_key, attempted_at=now)
+        session.add_all([LoginAttempt(key=user_key, attempted_at=now), by_address])
+        # Old rows are useless once outside the window; trimming here keeps the table small.
+        session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - WINDOW))
+        found = session.execute(
+            select(User.id, User.password_hash).where(User.username == username)
+        ).first()
+        session.commit()
+    ok = check_password_hash(found.password_hash if found else _dummy_hash(), password)
+    if not (found and ok):
+        return LoginResult(None)
+    with db.session() as session:
+        session.execute(
+            delete(LoginAttempt).where(
+                (LoginAttempt.key == user_key) | (LoginAttempt.id == by_address.id)
             )
-            # Old rows are useless once outside the window; trimming here keeps the table small.
-            session.execute(delete(LoginAttempt).where(LoginAttempt.attempted_at < now - WINDOW))
+        )
+        user = session.get(User, found.id)
+        if user is None:  # removed in the meantime
             session.commit()
             return LoginResult(None)
-        session.execute(delete(LoginAttempt).where(LoginAttempt.key == user_key))
         user.last_login_at = now
         session.commit()
         return LoginResult(user)

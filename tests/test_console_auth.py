@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 from sqlalchemy import select
 
 from dispatch_notifier.db import get_db
@@ -75,6 +79,42 @@ def test_login_is_rate_limited_through_the_database_across_processes(app_factory
     assert "Too many failed attempts" in blocked.text
     with get_db(first).session() as session:
         assert session.scalars(select(LoginAttempt)).all()
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_guesses_racing_each_other_get_no_more_tries_than_the_limit(app):
+    # Each guess is counted before its (slow) password check, in the transaction that reads the
+    # count; on SQLite those transactions queue, so a burst cannot all slip under the limit.
+    create_user(app)
+    for _ in range(MAX_FAILURES_PER_USER - 1):
+        client = app.test_client()
+        data = {"username": "owner", "password": "bad", "csrf_token": csrf_token(client)}
+        assert client.post("/admin/login", data=data).status_code == 401
+    guessers = [app.test_client() for _ in range(8)]
+    forms = [
+        {"username": "owner", "password": f"guess-{i}", "csrf_token": csrf_token(c)}
+        for i, c in enumerate(guessers)
+    ]
+    start = threading.Barrier(len(guessers))
+
+    def guess(i: int) -> int:
+        start.wait()
+        return guessers[i].post("/admin/login", data=forms[i]).status_code
+
+    with ThreadPoolExecutor(len(guessers)) as pool:
+        answers = sorted(pool.map(guess, range(len(guessers))))
+    assert answers == [401] + [429] * (len(guessers) - 1)
+
+
+def test_a_successful_login_forgives_its_own_attempt_and_the_users_failures(app):
+    create_user(app)
+    client = app.test_client()
+    data = {"username": "owner", "password": "bad", "csrf_token": csrf_token(client)}
+    client.post("/admin/login", data=data)
+    login(client)
+    with get_db(app).session() as session:
+        left = session.scalars(select(LoginAttempt.key)).all()
+    assert left == ["addr:127.0.0.1"]  # the failed guess's address row, not the login's
 
 
 def test_session_is_cleared_at_login_and_logout_ends_it(app, client):
