@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 from urllib.parse import quote
 
@@ -235,11 +235,21 @@ class WriterQueue:
 
 
 def writer_queue(engine: Engine) -> WriterQueue | None:
-    """A `WriterQueue` for an SQLite file; None for PostgreSQL (its locks wake waiters)."""
+    """This process's `WriterQueue` for an SQLite file; None for PostgreSQL (its locks wake
+    waiters).
+
+    One per file and process, shared by the webhooks and the sender: two would each hold a
+    flock of their own, and a thread holding one could wait on the other's for nothing.
+    """
     path = engine.url.database
     if engine.dialect.name != "sqlite" or not path or path == ":memory:":
         return None
-    return WriterQueue(path)
+    with _writer_queues_lock:
+        return _writer_queues.setdefault(path, WriterQueue(path))
+
+
+_writer_queues: dict[str, WriterQueue] = {}
+_writer_queues_lock = threading.Lock()
 
 
 class Database:
@@ -266,6 +276,7 @@ class Database:
             if self.is_postgres
             else self.engine
         )
+        self.writers = writer_queue(self.engine)
 
     @property
     def is_postgres(self) -> bool:
@@ -282,6 +293,16 @@ class Database:
             raise
         finally:
             session.close()
+
+    def writing(self) -> AbstractContextManager[object]:
+        """Hold around a writing transaction that runs often (the sender's, the webhooks').
+
+        On SQLite the writers of every process then queue for the one write lock and each is
+        woken the moment it is free (see `WriterQueue`), instead of one that finds it taken
+        sleeping in SQLite's busy handler (up to 100 ms a try) while others keep taking it.
+        Nothing on PostgreSQL. Not reentrant: never take it while holding it.
+        """
+        return self.writers or nullcontext()
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

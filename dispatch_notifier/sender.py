@@ -116,7 +116,7 @@ class Sender:
         # Sends that finish together record their outcomes in one transaction: one pool
         # checkout and one commit for several, their attempt rows in one INSERT.
         self.outcomes: GroupCommit[_Outcome, dict[str, object] | None] = GroupCommit(
-            db.engine, self._write_one, self._insert_attempts
+            db.engine, self._write_one, self._insert_attempts, guard=db.writers
         )
 
     def load(self, ids: list[int]) -> dict[int, Row]:
@@ -167,14 +167,14 @@ class Sender:
         event = DispatchEvent.from_json(row.event_json)
         if event.needs_enrichment:  # a call to the platform, to be made once, in `_start`
             return None
-        with self.db.session() as session:  # opens a connection only on a template cache miss
+        with self.db.read_session() as session:  # used only on a template cache miss
             prepared = self.prepare(session, row, check_suppression=False, event=event)
         if prepared.outcome is not None or not self._quiet_hours_clear(row, prepared, now):
             return None
         fields = self._sending_fields(row, prepared, enriched=False)
-        if not mark_sending_if_clear(self.db.single_statement, row.id, self.owner, fields):
-            return None
-        return self._started(row, prepared)
+        with self.db.writing():
+            marked = mark_sending_if_clear(self.db.single_statement, row.id, self.owner, fields)
+        return self._started(row, prepared) if marked else None
 
     def _start(self, notification_id: int, claimed: Row | None = None) -> _Started | str | None:
         """Everything before the HTTP call: returns what to send, or the state the row was taken
@@ -186,7 +186,7 @@ class Sender:
         fetched = self._fetch_details(notification_id, claimed)
         if fetched is None:
             return None
-        with self.db.session() as session:
+        with self.db.writing(), self.db.session() as session:
             row = session.connection().execute(_LOAD, {"id": notification_id}).first()
             if row is None or not self._ours(row):
                 return None
@@ -453,7 +453,7 @@ class Sender:
         if outcome.http_status == 429 or outcome.error_code == "ERROR_APIUSAGE_EXCEEDED":
             until = outcome.retry_at or now + self.policy.pause_without_reset
             try:
-                with self.db.session() as session:
+                with self.db.writing(), self.db.session() as session:
                     # Every worker, not only this one, waits until the provider's reset time.
                     gate.pause(session, until, f"provider rate limit ({outcome.error_code})")
                 log.warning("provider rate limit: all workers paused until %s", until)

@@ -135,7 +135,7 @@ class Worker:
 
     def _read_gate(self):  # type: ignore[no-untyped-def]
         try:
-            with self.db.session() as session:
+            with self.db.read_session() as session:
                 opens = gate.wait_until(session, self.sender.rate_limit)
         except Exception:
             return None
@@ -148,7 +148,7 @@ class Worker:
             if not ids:
                 continue
             try:
-                with self.db.session() as session:
+                with self.db.writing(), self.db.session() as session:
                     outbox.renew_leases(session, self.owner, ids, self.lease)
             except Exception as exc:
                 log.warning("could not renew leases (%s); will try again", type(exc).__name__)
@@ -165,7 +165,7 @@ class Worker:
         statements) happens once per batch instead of once per finished send.
         """
         if time.monotonic() >= self._next_sweep:
-            with self.db.session() as session:
+            with self.db.writing(), self.db.session() as session:
                 outbox.sweep_abandoned(session, spare=self.held())
             self._next_sweep = time.monotonic() + self.sweep_interval
         self._idle = None
@@ -174,12 +174,12 @@ class Worker:
         if in_hand > self.concurrency or self._stop.is_set():
             self._idle = "full"
             return False
-        with self.db.session() as session:
+        with self.db.read_session() as session:
             self._opens = gate.wait_until(session, self.sender.rate_limit)
         if self._opens is not None:
             self._idle = "gate"
             return False  # claiming now would only hand the rows back
-        with self.db.session() as session:
+        with self.db.writing(), self.db.session() as session:
             ids = outbox.claim(session, self.owner, free, self.lease)
         if not ids:
             self._idle = "no work"
@@ -212,7 +212,7 @@ class Worker:
         try:
             if self._stop.is_set():
                 # Claimed but not started: give it back for another worker, untouched.
-                with self.db.session() as session:
+                with self.db.writing(), self.db.session() as session:
                     outbox.release(session, notification_id, self.owner)
                 return None
             return self.sender.send_one(notification_id, row)

@@ -134,3 +134,43 @@ def test_sqlite_writers_queue_on_a_lock_file_across_processes(tmp_path) -> None:
     assert order == ["first done", "second"]
     assert writer_queue(make_engine(f"sqlite:///{path}")) is not None
     assert writer_queue(make_engine("sqlite://")) is None
+
+
+def test_one_writer_queue_per_database_file_in_a_process(tmp_path) -> None:
+    from dispatch_notifier.db import writer_queue
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    # The webhooks' and the sender's engines share it: two would each hold their own flock.
+    assert writer_queue(make_engine(url)) is writer_queue(make_engine(url))
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_the_sender_queues_for_the_write_lock_behind_other_writers(app) -> None:
+    """Its claims (and its other writes) wait in the queue the webhooks wait in: a writer that
+    instead retries in SQLite's busy handler sleeps up to 100 ms a try while others take it."""
+    import fcntl
+    import os
+
+    from dispatch_notifier.db import get_db
+    from dispatch_notifier.models import Notification
+    from dispatch_notifier.worker import Worker
+    from tests.conftest import fulfillment, post_shopify
+
+    assert post_shopify(app.test_client(), fulfillment()).status_code == 200
+    db = get_db(app)
+    # Another process's writer at the head of the queue: a flock on an open file of its own.
+    lock_file = os.open(f"{db.engine.url.database}.write-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    worker = threading.Thread(target=Worker(app).run_until_idle)
+    try:
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()  # waiting its turn, not claiming around the queue
+        with db.read_session() as session:
+            assert session.scalars(select(Notification.status)).all() == ["pending"]
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        os.close(lock_file)
+    worker.join(10)
+    with db.read_session() as session:
+        assert session.scalars(select(Notification.status)).all() == ["sent"]
