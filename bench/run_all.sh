@@ -12,7 +12,7 @@ declare -A FULL_SIZE=(
   [memory]="--events 50000 --checkpoint 10000"
 )
 status=0
-for script in ingest e2e_latency throughput duplicate_storm log_scale memory; do
+for script in ingest e2e_latency throughput duplicate_storm log_scale memory drain_latency; do
   echo "=== $script ${FULL_SIZE[$script]:-}" >&2
   # shellcheck disable=SC2086  # the sizes are several words on purpose
   .venv/bin/python "bench/$script.py" ${FULL_SIZE[$script]:-} "$@" | tee "bench/results/$script.txt"

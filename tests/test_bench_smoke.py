@@ -66,6 +66,13 @@ MEMORY_BOTH_VERDICTS = (
 )
 
 
+# Webhooks are timed idle, then while the sender drains: the second row is set against the first.
+DRAINING = (
+    r"\| sqlite \| idle \| \d+ \|[^\n]*\| 1\.00 \| 0 \| - \|\n"
+    r"\| sqlite \| sender draining \| \d+ \|[^\n]*\| \d+ \| \d+ \|"
+)
+
+
 @pytest.mark.parametrize(
     ("script", "args", "table", "patterns"),
     [
@@ -85,6 +92,7 @@ MEMORY_BOTH_VERDICTS = (
         ("duplicate_storm.py", ["--db", "sqlite"], "Duplicate storm", None),
         ("log_scale.py", ["--db", "sqlite"], "Send log with", [LOG_WEBHOOKS_WHILE_READING]),
         ("memory.py", ["--db", "sqlite"], "Memory of `serve`", [MEMORY_BOTH_VERDICTS]),
+        ("drain_latency.py", ["--db", "sqlite"], "Webhooks while the sender drains", [DRAINING]),
     ],
 )
 def test_benchmark_runs_in_smoke_mode_and_prints_its_table(
