@@ -52,7 +52,8 @@ def test_committed_rows_reach_the_database_file_without_a_writer_checkpointing(
     write_notes(engine)
 
     assert wait_until(lambda: os.path.getsize(path) > size_before + 150_000)
-    assert checkpointer.checkpoints.get(path, 0) > before
+    # Counted once the checkpoint has returned, a moment after the file has grown.
+    assert wait_until(lambda: checkpointer.checkpoints.get(path, 0) > before)
     engine.dispose()
 
 
