@@ -133,7 +133,7 @@ def run_worker(app: Flask) -> bool:
 
 
 def _require_schema() -> None:
-    with get_db().engine.connect() as connection:
+    with get_db().read_engine.connect() as connection:
         current = migrate.current_revision(connection)
     if current != migrate.head_revision():
         fail("the database schema is not up to date: run `dispatch-notifier db upgrade` first")
@@ -172,7 +172,7 @@ def db_upgrade(revision: str) -> None:
 @with_appcontext
 def db_current() -> None:
     """Print the schema revision of the database."""
-    with get_db().engine.connect() as connection:
+    with get_db().read_engine.connect() as connection:
         click.echo(migrate.current_revision(connection) or "(empty database)")
 
 

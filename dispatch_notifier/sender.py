@@ -123,7 +123,7 @@ class Sender:
         """The claimed rows and their sources, in one query for a whole claim."""
         if not ids:
             return {}
-        with self.db.engine.connect() as connection:
+        with self.db.read_engine.connect() as connection:  # only reads: no lock on SQLite
             return {row.id: row for row in connection.execute(_LOAD_MANY, {"ids": list(ids)})}
 
     def send_one(self, notification_id: int, row: Row | None = None) -> str | None:

@@ -8,15 +8,18 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from dispatch_notifier import users
+from dispatch_notifier import migrate, outbox, users
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import Delivery, Source
+from dispatch_notifier.sender import Sender
+from dispatch_notifier.sms import backend_for
 from dispatch_notifier.sms.dotdigital import DotdigitalClient
 from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital, slow
 from tests.conftest import fulfillment, post_shopify
@@ -111,6 +114,25 @@ def test_commands_that_only_read_run_while_a_writer_holds_the_lock(
     with write_lock_held(app):
         result = app.test_cli_runner().invoke(args=[a.format(tmp=tmp_path) for a in args])
     assert result.exit_code == 0, result.output
+
+
+def test_the_sender_reads_a_claim_while_a_writer_holds_the_lock(app: Flask) -> None:
+    for number in range(3):
+        post_shopify(app.test_client(), fulfillment(fulfillment_id=9910 + number))
+    db = get_db(app)
+    with db.session() as session:
+        ids = outbox.claim(session, "w1", 10, timedelta(seconds=60))
+    sender = Sender(app, db, backend_for(app), "w1")
+    with write_lock_held(app):
+        rows = sender.load(ids)
+    assert sorted(rows) == sorted(ids) and len(ids) == 3
+
+
+def test_db_current_reads_while_a_writer_holds_the_lock(app: Flask) -> None:
+    with write_lock_held(app):
+        result = app.test_cli_runner().invoke(args=["db", "current"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == migrate.head_revision()
 
 
 def test_simulate_reads_its_source_while_a_writer_holds_the_lock(app: Flask) -> None:
