@@ -218,7 +218,7 @@ class Sender:
         Only the lease holder writes a leased row's event, so this is still the row's event when
         `_start` takes its transaction.
         """
-        row = claimed or self._read(notification_id)
+        row = claimed or self.load([notification_id]).get(notification_id)
         if row is None or not self._ours(row):
             return None
         event = DispatchEvent.from_json(row.event_json)
@@ -234,10 +234,6 @@ class Sender:
                 reason=str(exc),
                 error_code="enrichment",
             )
-
-    def _read(self, notification_id: int) -> Row | None:
-        with self.db.read_session() as session:
-            return session.connection().execute(_LOAD, {"id": notification_id}).first()
 
     def _ours(self, row: Row) -> bool:
         return row.lease_owner == self.owner and row.status in CLAIMABLE_STATUSES
