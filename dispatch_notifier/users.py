@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import click
 from flask.cli import with_appcontext
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -100,17 +100,32 @@ def is_limited(session: Session, username: str, address: str | None) -> bool:
     )
 
 
+def _queue_behind_other_attempts(session: Session, keys: tuple[str, ...]) -> None:
+    """Make concurrent attempts on the same name or address count one after another.
+
+    Without it, under PostgreSQL's read committed two attempts can each read the count before
+    either has added its own row, and both slip under the limit. SQLite needs nothing: its
+    writing transactions already take turns. Taken in sorted order, so that two attempts never
+    each hold a lock the other waits for.
+    """
+    for key in sorted(set(keys)):
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+
 def authenticate(db: Database, username: str, password: str, address: str | None) -> LoginResult:
     """Check a login; failures are recorded and rate limited.
 
     The password check (scrypt, about 100 ms of CPU) runs with no transaction open: on SQLite a
     writing one would hold every webhook up for it, at the bidding of anyone who can post a form.
     So the attempt is counted as a failure before the check, in the transaction that reads the
-    limit (on SQLite, concurrent attempts cannot all slip under it), and forgiven if it succeeds.
+    limit (concurrent attempts queue there, so they cannot all slip under it), and forgiven if it
+    succeeds.
     """
     now = utcnow()
     user_key, addr_key = _keys(username, address)
     with db.session() as session:
+        if db.is_postgres:
+            _queue_behind_other_attempts(session, (user_key, addr_key))
         if is_limited(session, username, address):
             return LoginResult(None, limited=True)
         by_address = LoginAttempt(key=addr_key, attempted_at=now)
