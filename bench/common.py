@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 from dispatch_notifier import create_app, message_templates, migrate
 from dispatch_notifier.db import get_db
 from dispatch_notifier.platforms import hmac_sha256
+from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
@@ -348,6 +349,11 @@ def start_baseline(kind: str, url: str, folder: Path, workers: int = 2) -> Servi
     service = start(f"baseline-{kind}", command, service_env(url, folder), folder, port)
     wait_http(service)
     return service
+
+
+def fake_dotdigital(latency: float = 0.0) -> FakeDotdigital:
+    """The local fake Dotdigital, expecting the credentials `dotdigital_settings` gives."""
+    return FakeDotdigital(user=DOTDIGITAL_USER, password=DOTDIGITAL_PASSWORD, latency=latency)
 
 
 def dotdigital_settings(fake_url: str) -> dict[str, str]:

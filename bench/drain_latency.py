@@ -35,9 +35,7 @@ def main() -> None:
     rows = []
     with (
         common.workdir(args.keep) as folder,
-        FakeDotdigital(
-            user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD, latency=args.latency
-        ) as fake,
+        common.fake_dotdigital(args.latency) as fake,
     ):
         for db in common.databases(args):
             with common.scratch_database(db, args.postgres_url, folder) as url:

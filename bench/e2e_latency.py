@@ -37,7 +37,7 @@ def main() -> None:
     rows = []
     with (
         common.workdir(args.keep) as folder,
-        FakeDotdigital(user=common.DOTDIGITAL_USER, password=common.DOTDIGITAL_PASSWORD) as fake,
+        common.fake_dotdigital() as fake,
     ):
         for db in common.databases(args):
             with common.scratch_database(db, args.postgres_url, folder) as url:
