@@ -404,6 +404,21 @@ def stolen_share(before: tuple[float, float, float], after: tuple[float, float, 
     return (after[1] - before[1]) / total if total > 0 else 0.0
 
 
+def pressure_stalls() -> tuple[float, float] | None:
+    """Seconds so far in which some task waited for a CPU, and in which some task waited on the
+    disk (Linux's pressure stall information); None where the kernel keeps none. Over a run
+    they tell a tail that the service made from one the machine made around it."""
+    try:
+        return _stall_seconds("cpu"), _stall_seconds("io")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _stall_seconds(resource: str) -> float:
+    some = Path(f"/proc/pressure/{resource}").read_text().split("\n", 1)[0]
+    return int(some.rsplit("total=", 1)[1]) / 1e6
+
+
 def rss_of_tree(pid: int) -> int:
     """Resident memory of a process and all its descendants, in bytes."""
     return memory_of_tree(pid, pss=False)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def main() -> None:
             "p99 × (b)",
             "p99 each round",
             "CPU stolen % each round",
+            "waiting for a CPU % each round",
+            "waiting on disk % each round",
             "max ms",
             "generator lag p99 ms",
             "non-2xx",
@@ -168,7 +171,7 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
                     )
                 else:
                     deliveries, requests_file = shared, shared_file
-                results[server] = _noting_stolen(
+                results[server] = _noting_machine(
                     _closed_loop, services[server], deliveries, requests_file, args, use_wrk
                 )
                 if (
@@ -215,17 +218,27 @@ def _closed_loop(service, deliveries, requests_file, args, use_wrk: bool):  # ty
     )
 
 
-def _noting_stolen(load: Callable[..., common.LoadResult], *args, **kwargs) -> common.LoadResult:  # type: ignore[no-untyped-def]
-    """Runs `load`, noting in its result the share of CPU time the hypervisor stole meanwhile:
-    on a virtual machine a round can run on a slower machine than the one before."""
-    before = common.machine_cpu()
+def _noting_machine(load: Callable[..., common.LoadResult], *args, **kwargs) -> common.LoadResult:  # type: ignore[no-untyped-def]
+    """Runs `load`, noting in its result what else held the machine meanwhile: the share of CPU
+    time the hypervisor stole (a round can run on a slower machine than the one before), and
+    the share of the time in which some task waited for a CPU or on the disk."""
+    before, stalls_before = common.machine_cpu(), common.pressure_stalls()
+    started = time.monotonic()
     result = load(*args, **kwargs)
+    elapsed = time.monotonic() - started
     result.extra["stolen"] = 100 * common.stolen_share(before, common.machine_cpu())
+    stalls_after = common.pressure_stalls()
+    if stalls_before is not None and stalls_after is not None and elapsed > 0:
+        result.extra["waiting for CPU"] = 100 * (stalls_after[0] - stalls_before[0]) / elapsed
+        result.extra["waiting on disk"] = 100 * (stalls_after[1] - stalls_before[1]) / elapsed
     return result
 
 
-def _stolen_each(results: list[common.LoadResult]) -> str:
-    return " ".join(f"{r.extra.get('stolen', 0.0):.0f}" for r in results)
+def _each(results: list[common.LoadResult], key: str) -> str:
+    """Each round's `key` share in whole per cent; "n/a" where it was not measured."""
+    if any(key not in r.extra for r in results):
+        return "n/a"
+    return " ".join(f"{r.extra[key]:.0f}" for r in results)
 
 
 def _median_run(rounds: list[dict[str, common.LoadResult]], server: str) -> common.LoadResult:
@@ -254,7 +267,7 @@ def _row(db: str, server: str, label: str, rounds) -> list:  # type: ignore[no-u
         statistics.median(vs_bare),
         statistics.median(vs_store),
         " ".join(f"{ratio:.2f}" for ratio in vs_store),
-        _stolen_each([r[server] for r in rounds]),
+        _each([r[server] for r in rounds], "stolen"),
         run.p50,
         run.p99,
         failures,
@@ -290,7 +303,7 @@ def half_rate(
             # The app's ids differ from every other run's; (a) and (b) have no unique key.
             first_id = (20_000_000 if server == "app" else 30_000_000) + number * count
             runs[server].append(
-                _noting_stolen(
+                _noting_machine(
                     common.python_load,
                     services[server],
                     common.distinct_deliveries(count, start=first_id),
@@ -318,7 +331,9 @@ def half_rate(
                 p99,
                 common.ratio(p99, store_p99),
                 " ".join(f"{r.p99:.1f}" for r in runs[server] if r.p99 is not None),
-                _stolen_each(runs[server]),
+                _each(runs[server], "stolen"),
+                _each(runs[server], "waiting for CPU"),
+                _each(runs[server], "waiting on disk"),
                 max(latencies, default=None),
                 common.percentile(lags, 99),
                 failures,

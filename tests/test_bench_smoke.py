@@ -39,10 +39,12 @@ INGEST_HALF_RATE_STORE = (
     r"\| sqlite \| \(b\) bare Flask INSERT\+commit \| [\d,.]+ \| \d+ "
     r"\| [\d.]+ \| [\d.]+ \| 1\.00 \|"
 )
-# Each half-rate round shows how much CPU the hypervisor took from the machine meanwhile.
+# Each half-rate round shows how much CPU the hypervisor took from the machine meanwhile, and
+# how much of the time some task waited for a CPU and on the disk ("n/a" where Linux keeps no
+# pressure stall information).
 INGEST_HALF_RATE_STOLEN = (
     r"\| sqlite \| dispatch-notifier serve \| [\d,.]+ \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
-    r"\| [\d. ]+ \| \d+( \d+)* \| [\d.]+ \|"
+    r"\| [\d. ]+ \| \d+( \d+)* \| (\d+( \d+)*|n/a) \| (\d+( \d+)*|n/a) \| [\d.]+ \|"
 )
 INGEST_CLOSED_LOOP_STOLEN = (
     r"\| sqlite \| dispatch-notifier serve \| \w+ \| [\d,.]+ \| [\d.]+ \| [\d.]+ \| [\d. ]+ "
