@@ -407,7 +407,7 @@ def stolen_share(before: tuple[float, float, float], after: tuple[float, float, 
 def pressure_stalls() -> tuple[float, float] | None:
     """Seconds so far in which some task waited for a CPU, and in which some task waited on the
     disk (Linux's pressure stall information); None where the kernel keeps none. Over a run
-    they tell a tail that the service made from one the machine made around it."""
+    they show whether its tail came with more work than CPUs, or with the disk stalling."""
     try:
         return _stall_seconds("cpu"), _stall_seconds("io")
     except (OSError, IndexError, ValueError):

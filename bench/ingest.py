@@ -289,7 +289,8 @@ def half_rate(
     closed loop had, each against the app, (b) and (a) at the same rate, in an order that
     rotates. (b) is the tail the storage alone gives at that rate (a commit waits for the
     disk); (a) shows the generator is not what limits the figure. The verdict is on the p99 of
-    all rounds' requests pooled; each round's p99 is shown beside it."""
+    all rounds' requests pooled; each round's p99 is shown beside it, with the CPU stolen and the
+    share of the time tasks waited for a CPU or on the disk meanwhile."""
     rate = max(1.0, app.rate / 2)
     count = int(rate * args.half_rate_duration) + 10
     runs: dict[str, list[common.LoadResult]] = {server: [] for server, _ in HALF_RATE_SERVERS}
