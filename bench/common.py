@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import array
-import asyncio
 import base64
 import contextlib
 import gc
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import loadgen  # bench/, on the path of every script here
 from sqlalchemy import create_engine, text
 
 from dispatch_notifier import create_app, message_templates, migrate
@@ -658,7 +658,7 @@ def run_wrk(
     )
 
 
-# --- a bounded open-loop generator in Python ---------------------------------------------------
+# --- a bounded open-loop generator in Python (bench/loadgen.py) ---------------------------------
 
 
 def _raw_request(host: str, port: int, path: str, delivery: Delivery) -> bytes:
@@ -666,96 +666,6 @@ def _raw_request(host: str, port: int, path: str, delivery: Delivery) -> bytes:
     head += [f"{k}: {v}" for k, v in delivery.headers().items()]
     head.append(f"Content-Length: {len(delivery.body)}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + delivery.body
-
-
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    status_line = await reader.readline()
-    if not status_line:
-        raise ConnectionResetError("closed by server")
-    status = int(status_line.split()[1])
-    length, close = 0, False
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-        elif name.strip().lower() == "connection" and value.strip().lower() == "close":
-            close = True
-    if length:
-        await reader.readexactly(length)
-    return status, close
-
-
-async def _load(
-    host: str,
-    port: int,
-    path: str,
-    deliveries: Sequence[Delivery],
-    rate: float | None,
-    duration: float,
-    connections: int,
-) -> tuple[list[tuple[float, float, float, int]], int, float]:
-    raws = [_raw_request(host, port, path, d) for d in deliveries]
-    queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
-    results: list[tuple[float, float, float, int]] = []  # scheduled, sent, done, status
-    errors = 0
-    start = time.perf_counter()
-    stop_at = start + duration
-    next_index = 0
-
-    def closed_loop_next() -> tuple[float, bytes] | None:
-        nonlocal next_index
-        now = time.perf_counter()
-        if now >= stop_at or next_index >= len(raws):
-            return None
-        next_index += 1
-        return now, raws[next_index - 1]
-
-    async def connection_worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while True:
-                item = await queue.get() if rate else closed_loop_next()
-                if item is None:
-                    return
-                scheduled, raw = item
-                for _try in range(2):  # one reconnect: an idle keep-alive may have been closed
-                    sent = time.perf_counter()
-                    try:
-                        writer.write(raw)
-                        await writer.drain()
-                        status, close = await _read_response(reader)
-                        break
-                    except (ConnectionError, asyncio.IncompleteReadError):
-                        writer.close()
-                        reader, writer = await asyncio.open_connection(host, port)
-                else:
-                    errors += 1
-                    continue
-                results.append((scheduled, sent, time.perf_counter(), status))
-                if close:
-                    writer.close()
-                    reader, writer = await asyncio.open_connection(host, port)
-        finally:
-            writer.close()
-
-    workers = [asyncio.ensure_future(connection_worker()) for _ in range(connections)]
-    if rate:
-        for i, raw in enumerate(raws):
-            scheduled = start + i / rate
-            if scheduled >= stop_at:
-                break
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            queue.put_nowait((scheduled, raw))
-        for _ in workers:
-            queue.put_nowait(None)
-    await asyncio.gather(*workers)
-    return results, errors, time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -788,9 +698,11 @@ def python_load(
     """Open loop at `rate` requests/s (latency counted from each request's scheduled time, so a
     slow server cannot hide queueing), or closed loop when `rate` is None. Bounded by `duration`
     and by the number of deliveries given."""
+    host, port = "127.0.0.1", service.port or 0
+    raws = [_raw_request(host, port, path, d) for d in deliveries]
     with _no_collector_pauses():
-        results, errors, seconds = asyncio.run(
-            _load("127.0.0.1", service.port or 0, path, deliveries, rate, duration, connections)
+        results, errors, seconds = loadgen.run(
+            (host, port), raws, rate=rate, duration=duration, connections=connections
         )
     latencies = [(done - scheduled) * 1000 for scheduled, _sent, done, _status in results]
     lags = [(sent - scheduled) * 1000 for scheduled, sent, _done, _status in results]
