@@ -153,11 +153,11 @@ class _Schedule:
         return now, self.requests[self.next_index - 1]
 
     def finished_sending(self, now: float) -> bool:
-        return (
-            self.next_index >= len(self.requests)
-            or now >= self.stop_at
-            or self._due_at(self.next_index) >= self.stop_at
-        )
+        if self.next_index >= len(self.requests):
+            return True
+        if self.rate:  # every request due before the end goes out, however late the loop woke
+            return self._due_at(self.next_index) >= self.stop_at
+        return now >= self.stop_at
 
     def wait(self, now: float) -> float:
         """Seconds until the next request is due, or a second if none is coming."""
