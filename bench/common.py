@@ -157,6 +157,35 @@ def workdir(keep: bool) -> Iterator[Path]:
 # --- databases ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Scratch:
+    """One database a benchmark runs on, with the run's scratch folder and fake Dotdigital."""
+
+    db: str
+    url: str
+    folder: Path
+    fake: FakeDotdigital | None
+
+
+def scratch_runs(
+    args: argparse.Namespace, *, fake_latency: float | None = None
+) -> Iterator[Scratch]:
+    """Print the machine line, then give each database `--db` names, fresh and migrated, in turn.
+
+    One scratch folder, and a fake Dotdigital answering after `fake_latency` seconds if one is
+    asked for, serve the whole run. Each database is dropped when the loop moves on, ends or raises.
+    """
+    print(f"machine: {machine_line()}")
+    with contextlib.ExitStack() as stack:
+        folder = stack.enter_context(workdir(args.keep))
+        fake = None
+        if fake_latency is not None:
+            fake = stack.enter_context(fake_dotdigital(fake_latency))
+        for db in databases(args):
+            with scratch_database(db, args.postgres_url, folder) as url:
+                yield Scratch(db, url, folder, fake)
+
+
 @contextlib.contextmanager
 def scratch_database(kind: str, postgres_url: str, folder: Path) -> Iterator[str]:
     """A migrated database with the default templates and a `shopify` source; removed after."""

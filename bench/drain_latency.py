@@ -31,15 +31,9 @@ def main() -> None:
     if args.smoke:
         args.backlog, args.seconds = 300, 1.5
 
-    print(f"machine: {common.machine_line()}")
     rows = []
-    with (
-        common.workdir(args.keep) as folder,
-        common.fake_dotdigital(args.latency) as fake,
-    ):
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                rows += run_database(db, url, folder, fake, args)
+    for run in common.scratch_runs(args, fake_latency=args.latency):
+        rows += run_database(run.db, run.url, run.folder, run.fake, args)
     common.print_table(
         f"Webhooks while the sender drains a backlog of {args.backlog} (one at a time, "
         f"{args.seconds:g} s each, sender concurrency {args.concurrency})",

@@ -31,15 +31,10 @@ def main() -> None:
     if not use_wrk:
         common.say(f"{common.WRK_INSTALL_HINT}; using the Python closed-loop generator instead")
 
-    print(f"machine: {common.machine_line()}")
-    rows = []
-    with (
-        common.workdir(args.keep) as folder,
-        common.fake_dotdigital() as fake,
-    ):
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                rows.append(storm(db, url, folder, fake, args, use_wrk))
+    rows = [
+        storm(run.db, run.url, run.folder, run.fake, args, use_wrk)
+        for run in common.scratch_runs(args, fake_latency=0.0)
+    ]
     common.print_table(
         f"Duplicate storm: {args.dispatches} dispatches × {COPIES} concurrent deliveries",
         [

@@ -33,15 +33,10 @@ def main() -> None:
     if args.smoke:
         args.samples, args.gap = 3, 0.1
 
-    print(f"machine: {common.machine_line()}")
-    rows = []
-    with (
-        common.workdir(args.keep) as folder,
-        common.fake_dotdigital() as fake,
-    ):
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                rows.append(run_database(db, url, folder, fake, args))
+    rows = [
+        run_database(run.db, run.url, run.folder, run.fake, args)
+        for run in common.scratch_runs(args, fake_latency=0.0)
+    ]
     common.print_table(
         "End-to-end latency: POST received -> SMS accepted by the fake (idle serve, 1 at a time)",
         [

@@ -46,15 +46,12 @@ def main() -> None:
     if not use_wrk:
         common.say(f"{common.WRK_INSTALL_HINT}; using the Python closed-loop generator instead")
 
-    print(f"machine: {common.machine_line()}")
     rows, half_rows, checks = [], [], []
-    with common.workdir(args.keep) as folder:
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                result = run_database(db, url, folder, args, use_wrk)
-            rows.extend(result["rows"])
-            half_rows.extend(result["half"])
-            checks.append(result["check"])
+    for run in common.scratch_runs(args):
+        result = run_database(run.db, run.url, run.folder, args, use_wrk)
+        rows.extend(result["rows"])
+        half_rows.extend(result["half"])
+        checks.append(result["check"])
 
     common.print_table(
         f"Webhook ingestion, closed loop (maximum rate), {_rounds(args)}: medians",

@@ -60,18 +60,15 @@ def main() -> None:
         args.rows, args.repeat = 2000, 2
         args.webhook_rate, args.reader_seconds, args.rounds = 50.0, 1.0, 1
 
-    print(f"machine: {common.machine_line()}")
     rows, plan_rows, reader_rows = [], [], []
-    with common.workdir(args.keep) as folder:
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                started = time.monotonic()
-                generate(db, url, args.rows)
-                common.say(f"{db}: {args.rows:,} rows in {time.monotonic() - started:.0f}s")
-                r, p = measure(db, url, folder, args)
-                rows += r
-                plan_rows += p
-                reader_rows += webhooks_while_reading(db, url, folder, args)
+    for run in common.scratch_runs(args):
+        started = time.monotonic()
+        generate(run.db, run.url, args.rows)
+        common.say(f"{run.db}: {args.rows:,} rows in {time.monotonic() - started:.0f}s")
+        r, p = measure(run.db, run.url, run.folder, args)
+        rows += r
+        plan_rows += p
+        reader_rows += webhooks_while_reading(run.db, run.url, run.folder, args)
     common.print_table(
         f"Send log with {args.rows:,} notifications: server time per page (median of "
         f"{args.repeat}; p95 beside it)",

@@ -77,17 +77,11 @@ def main() -> None:
     if not common.have_wrk():
         common.say(f"{common.WRK_INSTALL_HINT}; using the Python closed-loop generator instead")
 
-    print(f"machine: {common.machine_line()}")
     rows, parts = [], []
-    with (
-        common.workdir(args.keep) as folder,
-        common.fake_dotdigital() as fake,
-    ):
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                row, part = run(db, url, folder, fake, args)
-                rows.append(row)
-                parts += part
+    for scratch in common.scratch_runs(args, fake_latency=0.0):
+        row, part = run(scratch.db, scratch.url, scratch.folder, scratch.fake, args)
+        rows.append(row)
+        parts += part
     common.print_table(
         f"Memory of `serve` (all its processes) over {args.events:,} events",
         [

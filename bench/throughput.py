@@ -40,23 +40,18 @@ def main() -> None:
         args.backlog, args.configs, args.rate_limit_seconds, args.rounds = 40, "8x1", 2.0, 1
     configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
 
-    print(f"machine: {common.machine_line()}")
     rows, limit_rows = [], []
-    with (
-        common.workdir(args.keep) as folder,
-        common.fake_dotdigital(args.latency) as fake,
-    ):
-        for db in common.databases(args):
-            with common.scratch_database(db, args.postgres_url, folder) as url:
-                drains: dict[tuple[int, int], list[Drain]] = {c: [] for c in configs}
-                for number in range(args.rounds):
-                    for concurrency, workers in configs:
-                        common.say(f"{db}: round {number + 1}/{args.rounds}")
-                        drains[(concurrency, workers)].append(
-                            drain(db, url, folder, fake, concurrency, workers, args)
-                        )
-                rows += [_row(db, c, w, drains[(c, w)], args) for c, w in configs]
-                limit_rows.append(rate_limit_check(db, url, folder, fake, args))
+    for run in common.scratch_runs(args, fake_latency=args.latency):
+        db, url, folder, fake = run.db, run.url, run.folder, run.fake
+        drains: dict[tuple[int, int], list[Drain]] = {c: [] for c in configs}
+        for number in range(args.rounds):
+            for concurrency, workers in configs:
+                common.say(f"{db}: round {number + 1}/{args.rounds}")
+                drains[(concurrency, workers)].append(
+                    drain(db, url, folder, fake, concurrency, workers, args)
+                )
+        rows += [_row(db, c, w, drains[(c, w)], args) for c, w in configs]
+        limit_rows.append(rate_limit_check(db, url, folder, fake, args))
     rounds = "1 round" if args.rounds == 1 else f"{args.rounds} interleaved rounds"
     common.print_table(
         f"Send throughput: backlog of {args.backlog}, fake latency {args.latency * 1000:.0f} ms,"
