@@ -173,7 +173,8 @@ def scratch_runs(
     """Print the machine line, then give each database `--db` names, fresh and migrated, in turn.
 
     One scratch folder, and a fake Dotdigital answering after `fake_latency` seconds if one is
-    asked for, serve the whole run. Each database is dropped when the loop moves on, ends or raises.
+    asked for, serve the whole run. A PostgreSQL database is dropped as soon as the loop moves on;
+    the folder, with the SQLite files in it, goes when the loop ends or raises.
     """
     print(f"machine: {machine_line()}")
     with contextlib.ExitStack() as stack:
