@@ -33,19 +33,19 @@ def test_summary_of_nothing_has_no_figures() -> None:
 
 
 def test_a_flush_far_slower_than_any_late_wake_up_is_the_disk_alone() -> None:
-    said = machine.verdict(worst_flush_ms=320.0, worst_wake_ms=8.1)
-    assert said.startswith("The disk stalls on its own")
+    said = machine.verdict([0.1, 25.0, 320.0, 0.2], worst_wake_ms=8.1)
+    assert said.startswith(
+        "The disk stalled on its own: 2 flush(es) over 20 ms, the longest 320 ms"
+    )
     assert "8.1 ms late" in said
 
 
 def test_a_wake_up_as_late_as_the_flush_is_the_whole_machine_pausing() -> None:
-    assert machine.verdict(worst_flush_ms=120.0, worst_wake_ms=90.0).startswith(
-        "The whole machine paused"
-    )
+    assert machine.verdict([0.1, 120.0], worst_wake_ms=90.0).startswith("The whole machine paused")
 
 
 def test_flushes_under_the_stall_bound_say_so() -> None:
-    assert machine.verdict(worst_flush_ms=4.0, worst_wake_ms=30.0) == (
+    assert machine.verdict([0.1, 4.0], worst_wake_ms=30.0) == (
         "The disk never took over 20 ms to flush."
     )
 
