@@ -46,9 +46,11 @@ INGEST_HALF_RATE_STOLEN = (
     r"\| sqlite \| dispatch-notifier serve \| [\d,.]+ \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ "
     r"\| [\d. ]+ \| \d+( \d+)* \| (\d+( \d+)*|n/a) \| (\d+( \d+)*|n/a) \| [\d.]+ \|"
 )
+# The closed-loop rounds show the CPU stolen and the time some task waited on the disk: a miss of
+# × (b) that came with the disk stalling says so.
 INGEST_CLOSED_LOOP_STOLEN = (
     r"\| sqlite \| dispatch-notifier serve \| \w+ \| [\d,.]+ \| [\d.]+ \| [\d.]+ \| [\d. ]+ "
-    r"\| \d+( \d+)* \| [\d.]+ \|"
+    r"\| \d+( \d+)* \| (\d+( \d+)*|n/a) \| [\d.]+ \|"
 )
 # Too small a backlog to meter the CPU in smoke mode: the column is there, with "-".
 THROUGHPUT_STOLEN = r"\| machine CPU busy \| CPU stolen \| sent \|"
