@@ -146,8 +146,9 @@ def verdict(flushes_ms: Sequence[float], worst_wake_ms: float) -> str:
         return f"The disk never took over {STALL_MS[0]:g} ms to flush."
     if worst_wake_ms * 2 >= max(stalls):
         return "The whole machine paused: a sleeping thread woke as late as the disk flushed."
+    flushes = "1 flush" if len(stalls) == 1 else f"{len(stalls)} flushes"
     return (
-        f"The disk stalled on its own: {len(stalls)} flush(es) over {STALL_MS[0]:g} ms, the "
+        f"The disk stalled on its own: {flushes} over {STALL_MS[0]:g} ms, the "
         f"longest {max(stalls):.0f} ms, while a sleeping thread never woke more than "
         f"{worst_wake_ms:.1f} ms late. Every commit in flight waits through such a stall."
     )
