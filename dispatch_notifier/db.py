@@ -1,8 +1,9 @@
 """Database engine and sessions: one engine per process, one session per request or job.
 
-SQLite gets WAL, a busy timeout and `BEGIN IMMEDIATE` so that writers queue instead of failing,
-and its checkpoints run in a background thread rather than inside a writer's COMMIT. Reads that
-write nothing (`read_session`, `read_engine`) begin deferred: they take no lock at all.
+SQLite gets WAL flushed at every commit, a busy timeout and `BEGIN IMMEDIATE` so that writers
+queue instead of failing, and its checkpoints run in a background thread rather than inside a
+writer's COMMIT. Reads that write nothing (`read_session`, `read_engine`) begin deferred: they
+take no lock at all.
 """
 
 from __future__ import annotations
@@ -95,7 +96,11 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # WAL's usual NORMAL survives the process dying but not the machine: a power cut could take
+        # back an acknowledged webhook (the shop never sends it again) or a row marked `sending`
+        # (claimed and texted again). FULL flushes the WAL before each COMMIT returns, as
+        # PostgreSQL's `synchronous_commit` does; the group commit shares one flush among writers.
+        cursor.execute("PRAGMA synchronous=FULL")
         if path:
             cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_AUTOCHECKPOINT_PAGES}")
         cursor.close()
