@@ -1,7 +1,8 @@
 """Baselines for the ingestion benchmark: a bare Flask app, served exactly as `serve` serves ours.
 
 `ok` answers 200 (the framework's ceiling); `store` stores the raw body with one INSERT and commit
-through the same engine settings as the service (SQLite: WAL, busy timeout, BEGIN IMMEDIATE).
+through the same engine settings as the service (SQLite: WAL flushed at every commit, busy timeout,
+BEGIN IMMEDIATE).
 """
 
 from __future__ import annotations
