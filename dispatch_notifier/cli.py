@@ -5,13 +5,14 @@ Each command is a thin wrapper over the functions the web app and the tests use.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
@@ -22,6 +23,9 @@ from dispatch_notifier import message_templates, migrate, phones, rendering, sou
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import TEMPLATE_VARIABLES
 from dispatch_notifier.models import STATUSES, Attempt, Notification, Source
+
+if TYPE_CHECKING:
+    from dispatch_notifier.worker import Worker
 
 
 def main() -> None:
@@ -118,18 +122,38 @@ def run_worker(app: Flask) -> bool:
     from dispatch_notifier.worker import Worker
 
     runner = Worker(app)
-
-    def stop(signum: int, _frame: Any) -> None:
-        click.echo(f"worker: {signal.Signals(signum).name}, finishing in-flight sends", err=True)
-        runner.stop()
-
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        stop_on_signals(runner)
     click.echo(
         f"worker {runner.owner} sending with the {runner.sender.backend.name} backend", err=True
     )
     return runner.run()
+
+
+def stop_on_signals(runner: Worker) -> None:
+    """Make SIGTERM and SIGINT call `runner.stop()`, from a thread of its own. Main thread only.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly while that
+    thread holds a lock `stop()` needs (an Event's, in the worker loop's wait): taking it again
+    there would deadlock. So the handler only writes the signal's number to a pipe, which takes
+    no lock, and a relay thread reads it and stops the runner as any other thread would.
+    """
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def relay() -> None:
+        while data := os.read(read_end, 1):
+            name = signal.Signals(data[0]).name
+            click.echo(f"worker: {name}, finishing in-flight sends", err=True)
+            runner.stop()
+
+    def handler(signum: int, _frame: Any) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a stop
+            os.write(write_end, bytes([signum]))
+
+    threading.Thread(target=relay, name="stop-on-signal", daemon=True).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def _require_schema() -> None:
