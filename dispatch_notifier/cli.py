@@ -5,7 +5,6 @@ Each command is a thin wrapper over the functions the web app and the tests use.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,14 @@ from flask import Flask, current_app
 from flask.cli import FlaskGroup, with_appcontext
 from sqlalchemy import func, select
 
-from dispatch_notifier import message_templates, migrate, phones, rendering, source_commands
+from dispatch_notifier import (
+    message_templates,
+    migrate,
+    phones,
+    rendering,
+    source_commands,
+    stop_signals,
+)
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import TEMPLATE_VARIABLES
 from dispatch_notifier.models import STATUSES, Attempt, Notification, Source
@@ -131,29 +137,13 @@ def run_worker(app: Flask) -> bool:
 
 
 def stop_on_signals(runner: Worker) -> None:
-    """Make SIGTERM and SIGINT call `runner.stop()`, from a thread of its own. Main thread only.
+    """Make SIGTERM and SIGINT stop `runner`, from a relay thread (`stop_signals`)."""
 
-    A Python signal handler runs in the main thread between two bytecodes, possibly while that
-    thread holds a lock `stop()` needs (an Event's, in the worker loop's wait): taking it again
-    there would deadlock. So the handler only writes the signal's number to a pipe, which takes
-    no lock, and a relay thread reads it and stops the runner as any other thread would.
-    """
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
+    def stop(signum: signal.Signals) -> None:
+        click.echo(f"worker: {signum.name}, finishing in-flight sends", err=True)
+        runner.stop()
 
-    def relay() -> None:
-        while data := os.read(read_end, 1):
-            name = signal.Signals(data[0]).name
-            click.echo(f"worker: {name}, finishing in-flight sends", err=True)
-            runner.stop()
-
-    def handler(signum: int, _frame: Any) -> None:
-        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a stop
-            os.write(write_end, bytes([signum]))
-
-    threading.Thread(target=relay, name="stop-on-signal", daemon=True).start()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, handler)
+    stop_signals.on_stop_signals(stop)
 
 
 def _require_schema() -> None:

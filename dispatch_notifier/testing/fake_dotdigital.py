@@ -13,7 +13,6 @@ import json
 import math
 import random
 import re
-import signal
 import socket
 import sys
 import threading
@@ -24,6 +23,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
+
+from dispatch_notifier.stop_signals import on_stop_signals
 
 MAX_MESSAGE_LENGTH = 1600
 UNLIMITED_CREDITS_REPORTED = 1_000_000  # what account-info shows when `credits` is None
@@ -705,12 +706,8 @@ def main(argv: Iterable[str] | None = None) -> int:
             p_server_error=args.p_server_error,
         )
     stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    # Not `stop.set()` in the handler: the loop below may hold that Event's lock just then.
+    on_stop_signals(lambda _signum: stop.set())
     print(f"fake dotdigital listening on {fake.url}", flush=True)
     while not stop.wait(0.5):
         pass
