@@ -33,20 +33,22 @@ class GroupCommit(Generic[Job, Result]):
     Why: a commit (and, on SQLite, taking the one write lock) costs as much as the inserts it
     ends; webhooks arriving together need only one. If a shared transaction fails, each of its
     jobs is written again on its own, so one bad job cannot fail its neighbours.
-    `after(connection, results)` runs once per transaction, before the commit; `guard` is held
-    around each transaction (e.g. `db.WriterQueue` on SQLite).
+    `guard` is held around each transaction (e.g. `db.WriterQueue` on SQLite). `alone`, if
+    given, runs a batch of one job instead of `engine`: an autocommit engine when a job is one
+    statement, so that a write with nobody to share it with is one round trip, not BEGIN, the
+    statement and COMMIT.
     """
 
     def __init__(
         self,
         engine: Engine,
         write: Callable[[Connection, Job], Result],
-        after: Callable[[Connection, list[Result]], None] | None = None,
         guard: AbstractContextManager[object] | None = None,
+        alone: Engine | None = None,
     ) -> None:
         self.engine = engine
+        self.alone = alone or engine
         self.write = write
-        self.after = after
         self.guard = guard or nullcontext()
         self._queue: list[_Ticket[Job, Result]] = []
         self._writing = False
@@ -97,10 +99,9 @@ class GroupCommit(Generic[Job, Result]):
     def _transaction(self, batch: list[_Ticket[Job, Result]]) -> None:
         # The guard covers BEGIN to COMMIT only: taking a pooled connection and handing it back
         # (with its reset) need not keep every other writer of the database waiting.
-        with self.engine.connect() as connection, self.guard, connection.begin():
+        engine = self.alone if len(batch) == 1 else self.engine
+        with engine.connect() as connection, self.guard, connection.begin():
             results = [self.write(connection, ticket.job) for ticket in batch]
-            if self.after is not None:
-                self.after(connection, results)
         self.transactions += 1
         for ticket, result in zip(batch, results, strict=True):
             ticket.result = result

@@ -16,6 +16,7 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import (
     Connection,
     Engine,
+    Insert,
     bindparam,
     exists,
     insert,
@@ -447,20 +448,49 @@ def write_outcome(
     values: dict[str, object],
     attempt: dict[str, object] | None = None,
 ) -> bool:
-    """`finish` inside the caller's transaction (e.g. one shared by several outcomes)."""
+    """`finish` inside the caller's transaction (e.g. one shared by several outcomes).
+
+    On PostgreSQL the outcome and its attempt row are one statement: in autocommit, one round
+    trip for the sender's usual write.
+    """
     params = {"_id": notification_id, "updated_at": utcnow(), **_columns(values)}
     if owner is not None:
         params["_owner"] = owner
+    if attempt is not None and connection.dialect.name == "postgresql":
+        keys = frozenset(params) - {"_id", "_owner"}
+        statement = _finish_with_attempt(keys, owned=owner is not None)
+        params.update({f"_attempt_{key}": value for key, value in attempt.items()})
+        return connection.execute(statement, params).rowcount == 1
     result = connection.execute(_FINISH if owner is None else _FINISH_OWNED, params)
     if result.rowcount == 1 and attempt is not None:
         connection.execute(_INSERT_ATTEMPT, {"notification_id": notification_id, **attempt})
     return result.rowcount == 1
 
 
-def insert_attempts(connection: Connection, attempts: list[dict[str, object]]) -> None:
-    """Attempt rows (each naming its notification_id), one statement for several."""
-    if attempts:
-        connection.execute(_INSERT_ATTEMPT, attempts)
+_ATTEMPT_FIELDS = [c for c in Attempt.__table__.c if c.name not in ("id", "notification_id")]
+
+
+@functools.lru_cache(maxsize=64)
+def _finish_with_attempt(keys: frozenset[str], owned: bool) -> Insert:
+    """`_FINISH(_OWNED)` setting `keys`, and the attempt row inserted only if it updated a row:
+    `WITH finished AS (UPDATE ... RETURNING id) INSERT INTO attempts SELECT ... FROM finished`.
+
+    Built once per set of columns an outcome sets (a sent row sets `sent_at`, a retried one
+    `next_attempt_at`).
+    """
+    finished = (
+        (_FINISH_OWNED if owned else _FINISH)
+        .values({key: bindparam(key, type_=_N.c[key].type) for key in sorted(keys)})
+        .returning(_N.c.id)
+        .cte("finished")
+    )
+    attempt = select(
+        finished.c.id,
+        *(bindparam(f"_attempt_{c.name}", type_=c.type) for c in _ATTEMPT_FIELDS),
+    )
+    return insert(Attempt.__table__).from_select(
+        ["notification_id", *(c.name for c in _ATTEMPT_FIELDS)], attempt
+    )
 
 
 def release(session: Session, notification_id: int, owner: str) -> None:

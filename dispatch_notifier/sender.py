@@ -33,7 +33,6 @@ from dispatch_notifier.models import (
 from dispatch_notifier.outbox import (
     defer,
     finish,
-    insert_attempts,
     mark_sending,
     mark_sending_if_clear,
     write_outcome,
@@ -114,9 +113,13 @@ class Sender:
         self.rate_limit = gate.parse_rate_limit(app.config["SMS_RATE_LIMIT"])
         self.templates = message_templates.Lookup(float(app.config["TEMPLATE_CACHE_SECONDS"]))
         # Sends that finish together record their outcomes in one transaction: one pool
-        # checkout and one commit for several, their attempt rows in one INSERT.
-        self.outcomes: GroupCommit[_Outcome, dict[str, object] | None] = GroupCommit(
-            db.engine, self._write_one, self._insert_attempts, guard=db.writers
+        # checkout and one commit for several. On PostgreSQL an outcome is one statement, so
+        # one with nobody to share a transaction with commits by itself: one round trip.
+        self.outcomes: GroupCommit[_Outcome, bool] = GroupCommit(
+            db.engine,
+            self._write_one,
+            guard=db.writers,
+            alone=db.single_statement if db.is_postgres else None,
         )
 
     def load(self, ids: list[int]) -> dict[int, Row]:
@@ -473,7 +476,7 @@ class Sender:
         while True:
             try:
                 # Committed (with other threads' outcomes) before `run` returns.
-                return self.outcomes.run((notification_id, values, attempt)) is not None
+                return self.outcomes.run((notification_id, values, attempt))
             except DBAPIError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -485,20 +488,11 @@ class Sender:
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _write_one(self, connection: Connection, job: _Outcome) -> dict[str, object] | None:
-        """`sending` -> outcome; guarded by the owner so a swept row is not overwritten.
-
-        Returns the attempt row to insert, or None if the lease was lost.
-        """
+    def _write_one(self, connection: Connection, job: _Outcome) -> bool:
+        """`sending` -> outcome, with its attempt row; guarded by the owner so a swept row is
+        not overwritten. False if the lease was lost (and nothing was written)."""
         notification_id, values, attempt = job
-        if not write_outcome(connection, notification_id, self.owner, values):
-            return None
-        return {"notification_id": notification_id, **attempt}
-
-    def _insert_attempts(
-        self, connection: Connection, attempts: list[dict[str, object] | None]
-    ) -> None:
-        insert_attempts(connection, [attempt for attempt in attempts if attempt is not None])
+        return write_outcome(connection, notification_id, self.owner, values, attempt)
 
 
 # How long a worker keeps trying to record an outcome while the database is down.

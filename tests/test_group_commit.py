@@ -94,14 +94,28 @@ def test_a_failing_job_fails_alone(engine) -> None:  # type: ignore[no-untyped-d
     assert stored(engine) == ["first", "good-1", "good-2", "taken"]
 
 
-def test_after_runs_once_per_transaction_with_its_results(engine) -> None:  # type: ignore[no-untyped-def]
-    seen: list[list[int]] = []
-    committer = GroupCommit(engine, write_row, lambda _connection, results: seen.append(results))
+def test_a_job_alone_runs_on_the_alone_engine_and_a_shared_batch_on_the_engine(engine) -> None:  # type: ignore[no-untyped-def]
+    alone = engine.execution_options(isolation_level="AUTOCOMMIT")
+    used: dict[str, object] = {}
+    writing_first = threading.Event()
 
-    first = committer.run("one")
-    second = committer.run("two")
+    def write(connection: Connection, name: str) -> int:
+        if name == "first":  # held open until the other two have queued behind it
+            writing_first.set()
+            wait_for_queue(committer, 2)
+        used[name] = connection.engine
+        return write_row(connection, name)
 
-    assert seen == [[first], [second]]
+    committer = GroupCommit(engine, write, alone=alone)
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(committer.run, "first")
+        assert writing_first.wait(5)  # "first" is being written: these two share the next one
+        others = [pool.submit(committer.run, name) for name in ("second", "third")]
+        assert first.result(5) and all(other.result(5) for other in others)
+
+    assert used == {"first": alone, "second": engine, "third": engine}
+    assert committer.transactions == 2
+    assert stored(engine) == ["first", "second", "third"]
 
 
 def test_an_interrupted_write_does_not_leave_callers_waiting(engine) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+import pytest
+from sqlalchemy import event, func, select, update
 from sqlalchemy.exc import OperationalError
 
 from dispatch_notifier import outbox
@@ -121,3 +122,52 @@ def test_an_outcome_write_failing_on_a_database_error_is_retried_until_recorded(
     assert failures == [nid, nid]
     assert statuses(app) == {nid: ("sent", None)}
     assert attempts(app) == 1
+
+
+def test_a_lone_send_whose_lease_was_taken_over_writes_neither_outcome_nor_attempt(app):
+    [nid] = queue_and_claim(app, 1, "w1")
+
+    def lose_the_lease() -> None:
+        with get_db(app).session() as session:
+            session.execute(
+                update(Notification).where(Notification.id == nid).values(lease_owner="w2")
+            )
+            session.commit()
+
+    sender = Sender(app, get_db(app), TogetherBackend(1, lose_the_lease), "w1")
+    assert sender.send_one(nid) == "sent"  # what the provider said; the row is no longer ours
+    assert statuses(app) == {nid: ("sending", "w2")}
+    assert attempts(app) == 0
+
+
+def test_on_postgresql_a_lone_outcome_and_its_attempt_row_are_one_autocommitted_statement(
+    app, db_backend
+):
+    if db_backend != "postgresql":
+        pytest.skip("SQLite has no round trips to save; its outcome is two statements")
+    [nid] = queue_and_claim(app, 1, "w1")
+    sent = threading.Event()
+    sender = Sender(app, get_db(app), TogetherBackend(1, sent.set), "w1")
+    recorded: list[tuple[str, bool]] = []  # what runs once the provider has the SMS
+
+    def record(connection, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        if sent.is_set():
+            recorded.append((statement, connection.connection.dbapi_connection.autocommit))
+
+    engine = get_db(app).engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert sender.send_one(nid) == "sent"
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+    assert len(recorded) == 1, recorded
+    [(sql, autocommit)] = recorded
+    assert " ".join(sql.split()).startswith("WITH finished AS (UPDATE notifications SET")
+    assert "INSERT INTO attempts" in sql
+    assert autocommit
+    with get_db(app).session() as session:
+        row = session.get(Notification, nid)
+        assert (row.status, row.lease_owner, row.sent_at is not None) == ("sent", None, True)
+        attempt = session.scalars(select(Attempt).where(Attempt.notification_id == nid)).one()
+        assert (attempt.outcome, attempt.http_status, attempt.backend) == ("sent", 204, "together")
