@@ -488,8 +488,12 @@ def _finish_with_attempt(keys: frozenset[str], owned: bool) -> Insert:
         finished.c.id,
         *(bindparam(f"_attempt_{c.name}", type_=c.type) for c in _ATTEMPT_FIELDS),
     )
-    return insert(Attempt.__table__).from_select(
-        ["notification_id", *(c.name for c in _ATTEMPT_FIELDS)], attempt
+    # SQLAlchemy keeps an INSERT's rowcount only when asked: without this it is -1, and every
+    # outcome would read as a lost lease.
+    return (
+        insert(Attempt.__table__)
+        .from_select(["notification_id", *(c.name for c in _ATTEMPT_FIELDS)], attempt)
+        .execution_options(preserve_rowcount=True)
     )
 
 

@@ -3,6 +3,7 @@ own guarantees (the lease owner guard, the retry while the database is down)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -13,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
-from dispatch_notifier.models import Attempt, Notification
+from dispatch_notifier.models import Attempt, Notification, utcnow
 from dispatch_notifier.sender import Sender
 from dispatch_notifier.sms import SendOutcome
 from tests.conftest import fulfillment, post_shopify
@@ -124,7 +125,56 @@ def test_an_outcome_write_failing_on_a_database_error_is_retried_until_recorded(
     assert attempts(app) == 1
 
 
-def test_a_lone_send_whose_lease_was_taken_over_writes_neither_outcome_nor_attempt(app):
+def lease_lost_warnings(caplog) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r.getMessage() for r in caplog.records if "lease lost" in r.getMessage()]
+
+
+def test_outcomes_recorded_alone_and_shared_are_not_reported_as_lost_leases(app, caplog):
+    ids = queue_and_claim(app, 3, "w1")
+    sender = Sender(app, get_db(app), TogetherBackend(3), "w1")
+    hold_first_transaction_until_queued(sender, 2)  # one outcome alone, then two sharing
+    warnings = caplog.at_level(logging.WARNING, logger="dispatch_notifier.sender")
+    with warnings, ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(sender.send_one, ids)) == ["sent"] * 3
+    assert sender.outcomes.transactions == 2
+    assert lease_lost_warnings(caplog) == []
+    assert statuses(app) == {i: ("sent", None) for i in ids}
+
+
+@pytest.mark.parametrize("autocommit", [True, False], ids=["autocommitted", "in-a-transaction"])
+def test_writing_an_outcome_says_whether_the_row_was_still_ours(app, autocommit):
+    db = get_db(app)
+    ours, taken = queue_and_claim(app, 2, "w1")
+    with db.session() as session:
+        outbox.mark_sending(session, ours, "w1", {"phone": "+447911200000"})
+        outbox.mark_sending(session, taken, "w1", {"phone": "+447911200001"})
+        session.execute(
+            update(Notification).where(Notification.id == taken).values(lease_owner="w2")
+        )
+        session.commit()
+    attempt = {
+        "started_at": utcnow(),
+        "duration_ms": 100,
+        "backend": "together",
+        "outcome": "sent",
+        "http_status": 204,
+        "provider_error": None,
+        "error_class": None,
+        "detail": None,
+    }
+    engine = db.single_statement if autocommit else db.engine
+    with engine.connect() as connection:
+        wrote = [
+            outbox.write_outcome(connection, nid, "w1", {"status": "sent"}, dict(attempt))
+            for nid in (ours, taken)
+        ]
+        connection.commit()
+    assert wrote == [True, False]
+    assert statuses(app) == {ours: ("sent", None), taken: ("sending", "w2")}
+    assert attempts(app) == 1
+
+
+def test_a_lone_send_whose_lease_was_taken_over_writes_neither_outcome_nor_attempt(app, caplog):
     [nid] = queue_and_claim(app, 1, "w1")
 
     def lose_the_lease() -> None:
@@ -135,9 +185,11 @@ def test_a_lone_send_whose_lease_was_taken_over_writes_neither_outcome_nor_attem
             session.commit()
 
     sender = Sender(app, get_db(app), TogetherBackend(1, lose_the_lease), "w1")
-    assert sender.send_one(nid) == "sent"  # what the provider said; the row is no longer ours
+    with caplog.at_level(logging.WARNING, logger="dispatch_notifier.sender"):
+        assert sender.send_one(nid) == "sent"  # what the provider said; the row is not ours
     assert statuses(app) == {nid: ("sending", "w2")}
     assert attempts(app) == 0
+    assert lease_lost_warnings(caplog) == [f"notification {nid}: lease lost before recording sent"]
 
 
 def test_on_postgresql_a_lone_outcome_and_its_attempt_row_are_one_autocommitted_statement(
