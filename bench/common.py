@@ -309,6 +309,12 @@ class Service:
             return 0.0
         return ticks / os.sysconf("SC_CLK_TCK")
 
+    def log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

@@ -53,7 +53,11 @@ INGEST_CLOSED_LOOP_STOLEN = (
     r"\| \d+( \d+)* \| (\d+( \d+)*|n/a) \| [\d.]+ \|"
 )
 # Too small a backlog to meter the CPU in smoke mode: the column is there, with "-".
-THROUGHPUT_STOLEN = r"\| machine CPU busy \| CPU stolen \| sent \|"
+THROUGHPUT_STOLEN = (
+    r"\| machine CPU busy \| CPU stolen \| sent \| recorded `sent` \| worker warnings \|"
+)
+# Every SMS of the smoke backlog reached the fake, was recorded `sent`, and no worker warned.
+THROUGHPUT_EXACT = r"\| 40 of 40 \| 40 \| 0 \|"
 
 # Webhooks are timed with nobody reading the log and while a client pages through it.
 LOG_WEBHOOKS_WHILE_READING = (
@@ -92,7 +96,12 @@ DRAINING = (
             ],
         ),
         ("e2e_latency.py", ["--db", "sqlite"], "End-to-end latency", None),
-        ("throughput.py", ["--db", "sqlite"], "Send throughput", [THROUGHPUT_STOLEN]),
+        (
+            "throughput.py",
+            ["--db", "sqlite"],
+            "Send throughput",
+            [THROUGHPUT_STOLEN, THROUGHPUT_EXACT],
+        ),
         ("duplicate_storm.py", ["--db", "sqlite"], "Duplicate storm", None),
         ("log_scale.py", ["--db", "sqlite"], "Send log with", [LOG_WEBHOOKS_WHILE_READING]),
         ("memory.py", ["--db", "sqlite"], "Memory of `serve`", [MEMORY_BOTH_VERDICTS]),
@@ -109,3 +118,12 @@ def test_benchmark_runs_in_smoke_mode_and_prints_its_table(
     assert "| database |" in output
     for pattern in patterns or []:
         assert re.search(pattern, output), output
+
+
+@pytest.mark.postgres
+def test_throughput_smoke_on_postgresql_records_every_sms_without_a_warning(
+    postgres_server_url: str,  # skips (fails under CI) when no PostgreSQL is reachable
+) -> None:
+    """The sender's PostgreSQL path differs from SQLite's (one statement per outcome)."""
+    output = run_bench("throughput.py", "--db", "postgresql")
+    assert re.search(r"\| postgresql \| 8 \| 1 \|[^\n]*" + THROUGHPUT_EXACT, output), output
