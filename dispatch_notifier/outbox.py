@@ -15,7 +15,9 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
     Connection,
+    CursorResult,
     Engine,
+    Executable,
     Insert,
     bindparam,
     exists,
@@ -423,8 +425,12 @@ def mark_sending_if_clear(
         "_phone": values["phone"],
         "updated_at": now,
     }
+    params.update(_columns(values))
     with engine.begin() as connection:
-        result = connection.execute(_MARK_SENDING_IF_CLEAR, {**params, **_columns(values)})
+        if connection.dialect.name == "postgresql":
+            result = _execute_compiled(connection, _MARK_SENDING_IF_CLEAR, params)
+        else:
+            result = connection.execute(_MARK_SENDING_IF_CLEAR, params)
     return result.rowcount == 1
 
 
@@ -460,7 +466,7 @@ def write_outcome(
         keys = frozenset(params) - {"_id", "_owner"}
         statement = _finish_with_attempt(keys, owned=owner is not None)
         params.update({f"_attempt_{key}": value for key, value in attempt.items()})
-        return connection.execute(statement, params).rowcount == 1
+        return _execute_compiled(connection, statement, params).rowcount == 1
     result = connection.execute(_FINISH if owner is None else _FINISH_OWNED, params)
     if result.rowcount == 1 and attempt is not None:
         connection.execute(_INSERT_ATTEMPT, {"notification_id": notification_id, **attempt})
@@ -488,13 +494,47 @@ def _finish_with_attempt(keys: frozenset[str], owned: bool) -> Insert:
         finished.c.id,
         *(bindparam(f"_attempt_{c.name}", type_=c.type) for c in _ATTEMPT_FIELDS),
     )
-    # SQLAlchemy keeps an INSERT's rowcount only when asked: without this it is -1, and every
-    # outcome would read as a lost lease.
-    return (
-        insert(Attempt.__table__)
-        .from_select(["notification_id", *(c.name for c in _ATTEMPT_FIELDS)], attempt)
-        .execution_options(preserve_rowcount=True)
+    return insert(Attempt.__table__).from_select(
+        ["notification_id", *(c.name for c in _ATTEMPT_FIELDS)], attempt
     )
+
+
+def _execute_compiled(
+    connection: Connection, statement: Executable, params: dict[str, Any]
+) -> CursorResult[Any]:
+    """Run `statement` as the driver's own SQL, compiled once per set of parameter names.
+
+    Why: the sender runs two statements per SMS (marking the row `sending`, then its outcome),
+    and executing a construct made SQLAlchemy look up its compiled form and process every
+    parameter each time, at more CPU than the driver's own work. The values go to the driver
+    as given, so they must be what the columns' types would have passed on: strings, numbers,
+    None and aware UTC datetimes (a naive one is refused, as `UTCDateTime` would).
+    """
+    for key, value in params.items():
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise ValueError(f"naive datetime given for {key}")
+    sql, fixed = _compiled(statement, connection.dialect, frozenset(params))
+    # An INSERT's rowcount is kept only when asked: without it, -1, and an outcome that was
+    # written would read as a lost lease.
+    return connection.exec_driver_sql(
+        sql, {**fixed, **params}, execution_options={"preserve_rowcount": True}
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(
+    statement: Executable, dialect: Dialect, keys: frozenset[str]
+) -> tuple[str, dict[str, Any]]:
+    """`statement`'s SQL as executing it with parameters `keys` would compile it, and the
+    values of the parameters the statement fixes itself (its literals)."""
+    compiled = statement.compile(
+        dialect=dialect, column_keys=sorted(keys), compile_kwargs={"render_postcompile": True}
+    )
+    required = (name for name, bind in compiled.binds.items() if bind.required)
+    if missing := sorted(name for name in required if name not in keys):
+        raise ValueError(f"no value given for {missing}")
+    fixed = {name: value for name, value in compiled.params.items() if name not in keys}
+    return str(compiled), fixed
 
 
 def release(session: Session, notification_id: int, owner: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import event, select, update
 
 from dispatch_notifier import outbox
@@ -171,3 +172,36 @@ def test_a_burst_after_a_quiet_spell_is_still_claimed_in_index_order(app):
     text = _claim_plan(db)
     assert "ix_notifications_claimable" in text, text
     assert "Sort" not in text and "TEMP B-TREE" not in text and "Bitmap" not in text, text
+
+
+def test_the_sender_statements_run_as_driver_sql_refuse_what_sqlalchemy_would_have(app, db_backend):
+    """On PostgreSQL the sender's two statements per SMS skip SQLAlchemy's per-call parameter
+    processing; the checks it would have made are kept."""
+    if db_backend != "postgresql":
+        pytest.skip("only PostgreSQL runs the sender's statements as driver SQL")
+    queue(app, 1)
+    db = get_db(app)
+    with db.session() as session:
+        [nid] = outbox.claim(session, "w1", 1, timedelta(seconds=60))
+    fields = {"phone": "+447911123456", "message": "hi"}
+    naive = pytest.raises(ValueError, match="naive datetime given for updated_at")
+    with naive, db.single_statement.begin() as connection:
+        outbox._execute_compiled(
+            connection,
+            outbox._MARK_SENDING,
+            {"_id": nid, "_owner": "w1", "updated_at": datetime(2026, 1, 1), **fields},
+        )
+    missing = pytest.raises(ValueError, match=r"no value given for \['_owner'\]")
+    with missing, db.single_statement.begin() as connection:
+        outbox._execute_compiled(
+            connection, outbox._MARK_SENDING, {"_id": nid, "updated_at": utcnow(), **fields}
+        )
+    assert outbox.mark_sending_if_clear(db.single_statement, nid, "w1", fields)
+    with db.session() as session:
+        row = session.get(Notification, nid)
+        assert (row.status, row.phone, row.message, row.attempts) == (
+            "sending",
+            "+447911123456",
+            "hi",
+            1,
+        )
