@@ -13,6 +13,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -283,22 +284,25 @@ class Service:
     process: subprocess.Popen[bytes]
     log_path: Path
     port: int | None = None
+    # What it logged at WARNING or above, read when it was stopped (its folder may be gone by
+    # the time the script reports).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
+        if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self.warnings = [line for line in self.log_lines() if _WARNING.search(line)]
 
     def cpu_seconds(self) -> float:
         """User + system CPU the process has used so far (all its threads); 0 once it has ended."""
@@ -336,7 +340,30 @@ def start(
             start_new_session=True,  # its own process group, so stop() reaches its children
             cwd=PROJECT_DIR,
         )
-    return Service(name, process, log_path, port)
+    service = Service(name, process, log_path, port)
+    _STARTED.append(service)
+    return service
+
+
+# Every service this script started, for `report_warnings`.
+_STARTED: list[Service] = []
+# Our log lines and gunicorn's ("[WARNING]") at WARNING or above.
+_WARNING = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
+
+
+def report_warnings() -> int:
+    """Say whether any service this script started logged a warning or an error, with the first
+    few lines; returns how many lines it logged. A service that complained while it was
+    measured was not measured working as it should."""
+    stopped = [service for service in _STARTED if service.process.poll() is not None]
+    lines = [f"{service.name}: {line}" for service in stopped for line in service.warnings]
+    if not lines:
+        print(f"\nNone of the {len(stopped)} services this script started logged a warning.")
+        return 0
+    print(f"\n**{len(lines)} lines at WARNING or above** in the logs of the services:\n")
+    for line in lines[:5]:
+        print(f"    {line}")
+    return len(lines)
 
 
 def wait_http(service: Service, path: str = "/healthz", timeout: float = 30.0) -> None:

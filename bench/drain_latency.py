@@ -116,3 +116,4 @@ def _row(db: str, phase: str, result, idle_p99: float | None, rate: float | None
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

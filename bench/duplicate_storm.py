@@ -150,3 +150,4 @@ def wait_for_quiet(fake: FakeDotdigital, numbers: set[str], timeout: float) -> N
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

@@ -147,3 +147,4 @@ def wait_for(fake: FakeDotdigital, number: str, timeout: float) -> float | None:
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

@@ -346,3 +346,4 @@ def half_rate(
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

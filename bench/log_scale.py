@@ -512,3 +512,4 @@ def admin_login(app: Any, client: Any) -> str | None:
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

@@ -200,3 +200,4 @@ def run(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> tuple[li
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

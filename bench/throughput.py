@@ -8,7 +8,6 @@ drifts moves all of them alike; the median round is reported, with each round be
 
 from __future__ import annotations
 
-import re
 import statistics
 import sys
 import threading
@@ -24,7 +23,6 @@ import requests
 from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
 
 TARGET_VS_LIMIT = 0.85
-_WARNING = re.compile(r" (WARNING|ERROR|CRITICAL) ")
 
 
 def main() -> None:
@@ -243,7 +241,7 @@ def drain(
             p.stop()
     sent = fake.sent
     recorded = common.scalar(url, "SELECT count(*) FROM notifications WHERE status = 'sent'")
-    warnings = [line for p in procs for line in p.log_lines() if _WARNING.search(line)]
+    warnings = [line for p in procs for line in p.warnings]
     for line in warnings[:3]:
         common.say(f"worker warning: {line}")
     if len(marks) == 2:
@@ -301,3 +299,4 @@ def rate_limit_check(db: str, url: str, folder: Path, fake: FakeDotdigital, args
 
 if __name__ == "__main__":
     main()
+    common.report_warnings()

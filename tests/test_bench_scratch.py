@@ -79,3 +79,26 @@ def test_the_postgresql_database_is_dropped_when_the_benchmark_raises(
 def test_an_unknown_database_is_refused_by_name() -> None:
     with pytest.raises(SystemExit, match="unknown database mysql"):
         list(common.scratch_runs(_args("sqlite,mysql")))
+
+
+def test_a_service_that_logged_a_warning_is_reported_after_it_stopped(tmp_path, capsys):
+    lines = (
+        "2026-11-27 17:00:00,000 INFO dispatch_notifier.worker: started",
+        "2026-11-27 17:00:00,001 WARNING dispatch_notifier.sender: notification 1: lease lost",
+        "[2026-11-27 17:00:00 +0000] [7] [ERROR] Worker (pid:8) was sent SIGKILL!",
+    )
+    script = "; ".join(f"print({line!r})" for line in lines)
+    common._STARTED.clear()  # only this test's services
+    quiet = common.start("quiet", [sys.executable, "-c", "print('all well')"], {}, tmp_path)
+    loud = common.start("loud", [sys.executable, "-c", script], {}, tmp_path)
+    for service in (quiet, loud):
+        service.process.wait(10)
+        service.stop()
+    assert common.report_warnings() == 2
+    out = capsys.readouterr().out
+    assert "**2 lines at WARNING or above**" in out
+    assert "loud: 2026-11-27 17:00:00,001 WARNING dispatch_notifier.sender" in out
+    assert "loud: [2026-11-27 17:00:00 +0000] [7] [ERROR] Worker" in out
+    common._STARTED.clear()
+    assert common.report_warnings() == 0
+    assert "None of the 0 services" in capsys.readouterr().out

@@ -116,6 +116,7 @@ def test_benchmark_runs_in_smoke_mode_and_prints_its_table(
     output = run_bench(script, *args)
     assert f"### {table}" in output
     assert "| database |" in output
+    assert re.search(r"None of the \d+ services this script started logged a warning", output)
     for pattern in patterns or []:
         assert re.search(pattern, output), output
 
@@ -127,3 +128,4 @@ def test_throughput_smoke_on_postgresql_records_every_sms_without_a_warning(
     """The sender's PostgreSQL path differs from SQLite's (one statement per outcome)."""
     output = run_bench("throughput.py", "--db", "postgresql")
     assert re.search(r"\| postgresql \| 8 \| 1 \|[^\n]*" + THROUGHPUT_EXACT, output), output
+    assert "None of the 3 services this script started logged a warning" in output, output
