@@ -320,10 +320,7 @@ class Service:
             return []
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return "\n".join(self.log_lines()[-lines:])
 
 
 def start(
