@@ -20,9 +20,11 @@ from sqlalchemy import (
     Executable,
     Insert,
     bindparam,
+    case,
     exists,
     insert,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -32,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
-from dispatch_notifier.db import insert_ignoring_conflicts, writer_queue
+from dispatch_notifier.db import Database, insert_ignoring_conflicts, writer_queue
 from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.gate import GATE_NAME
 from dispatch_notifier.group_commit import GroupCommit
@@ -52,6 +54,8 @@ from dispatch_notifier.models import (
 from dispatch_notifier.platforms import Parsed
 
 NOTIFY_CHANNEL = "dispatch_notifier_outbox"
+# The unique key that makes one notification per shipment, however often it is reported.
+NOTIFICATION_KEY = ("source_id", "order_id", "shipment_id", "kind")
 
 # A delivery row and its notification rows, as `ingest` builds them.
 _IngestJob = tuple[dict[str, Any], list[dict[str, Any]]]
@@ -69,7 +73,7 @@ class IngestResult:
 
 
 def ingest(
-    engine: Engine,
+    db: Database,
     source: Source,
     delivery_key: str | None,
     parsed: Parsed,
@@ -95,24 +99,32 @@ def ingest(
     }
     notifications = [pending_row(source.id, None, event, now) for event in parsed.events]
     job = (delivery, notifications)
-    if engine.dialect.name == "sqlite":
+    if not db.is_postgres:
         # One write lock for the whole database: deliveries arriving together in this process
         # share its transaction and its commit.
-        return _committer(engine).run(job)
-    return _write_alone(engine, job)
+        return _committer(db.engine).run(job)
+    return _write_alone(db, job)
 
 
-def _write_alone(engine: Engine, job: _IngestJob) -> IngestResult:
-    """One delivery, one transaction, side by side with the process's other deliveries.
+def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
+    """One delivery on PostgreSQL, side by side with the process's other deliveries.
+
+    The usual delivery, with one dispatch, is one statement (`_insert_pair_postgres`), run in
+    autocommit: one round trip instead of BEGIN, the statement and COMMIT, which cost the web
+    process and PostgreSQL about a quarter of a webhook's CPU. What may follow it (a
+    duplicate's count, the source's last event, the workers' wake-up) needs nothing from its
+    transaction. A delivery with several dispatches stores them in one transaction.
 
     Why not the group commit here: PostgreSQL takes concurrent writers, and one transaction at a
     time per process left the CPUs waiting on commits (80 % busy under load against 92 %) and
     let one delivery blocked on a row lock hold up every other one behind it.
     """
+    engine = db.single_statement if len(job[1]) == 1 else db.engine
     with engine.connect() as connection, connection.begin():
         result = _record(connection, job)
         if result.created and _notify_due():
-            # NOTIFY is transactional: workers wake only once the rows are visible.
+            # After the rows are committed (or in their transaction): workers woken by it must
+            # see them.
             connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     return result
 
@@ -133,8 +145,9 @@ def _committer(engine: Engine) -> GroupCommit[_IngestJob, IngestResult]:
 def _record(connection: Connection, job: _IngestJob) -> IngestResult:
     delivery, notifications = job
     source_id, now = delivery["source_id"], delivery["received_at"]
+    labelled = False  # whether the delivery row was stored already labelled a duplicate
     if connection.dialect.name == "postgresql" and len(notifications) == 1:
-        delivery_pk, notification_pks = _insert_pair_postgres(
+        delivery_pk, notification_pks, labelled = _insert_pair_postgres(
             connection, delivery, notifications[0]
         )
     else:
@@ -164,28 +177,33 @@ def _record(connection: Connection, job: _IngestJob) -> IngestResult:
     if notifications and not result.created:
         result.status = "duplicate"
         result.reason = "this shipment was already notified"
-        connection.execute(
-            update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
-        )
+        if not labelled:
+            connection.execute(
+                update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
+            )
     _touch_source(connection, source_id, now, result.status)
     return result
 
 
 def _insert_pair_postgres(
     connection: Connection, delivery: dict[str, Any], notification: dict[str, Any]
-) -> tuple[int | None, list[int | None]]:
+) -> tuple[int | None, list[int | None], bool]:
     """The usual webhook on PostgreSQL, one dispatch: both rows in one statement.
 
     One round trip instead of two (each costs the web process about as much CPU as the rest of
-    storing the delivery). The notification is inserted only if the delivery was new; returns
-    both new ids, None where a unique key already held the row.
+    storing the delivery). The notification is inserted only if the delivery was new. Returns
+    both new ids, None where a unique key already held the row, and whether the delivery was
+    stored labelled a duplicate: it is when another delivery had already notified its shipment,
+    so the label is right from the moment the row is, even in autocommit.
     """
     params = {f"d_{key}": value for key, value in delivery.items()}
     params.update({f"n_{key}": value for key, value in notification.items()})
     notification_keys = tuple(key for key in notification if key != "delivery_id")
     sql = _pair_insert_sql(connection.dialect, tuple(delivery), notification_keys)
-    delivery_pk, notification_pk = connection.exec_driver_sql(sql, params).one()
-    return delivery_pk, [] if delivery_pk is None else [notification_pk]
+    delivery_pk, notification_pk, stored_result = connection.exec_driver_sql(sql, params).one()
+    if delivery_pk is None:
+        return None, [], False
+    return delivery_pk, [notification_pk], stored_result == "duplicate"
 
 
 @functools.lru_cache(maxsize=32)
@@ -209,11 +227,22 @@ def _pair_insert_sql(
 
 def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, ...]) -> Any:
     deliveries, notifications = Delivery.__table__, Notification.__table__
+    delivery_values = {c: bindparam(f"d_{c}", type_=deliveries.c[c].type) for c in delivery_keys}
+    # Its shipment already notified by another delivery (committed before this statement
+    # began): the label is set here. One notified by a delivery still in flight is found only
+    # when the notification's insert waits for it and does nothing; `_record` labels that one.
+    already_notified = exists().where(
+        *(notifications.c[c] == bindparam(f"n_{c}") for c in NOTIFICATION_KEY)
+    )
+    if "result" in delivery_values:
+        delivery_values["result"] = case(
+            (already_notified, literal_column("'duplicate'")), else_=delivery_values["result"]
+        )
     new_delivery = (
         postgresql.insert(deliveries)
-        .values({c: bindparam(f"d_{c}", type_=deliveries.c[c].type) for c in delivery_keys})
+        .values(delivery_values)
         .on_conflict_do_nothing()
-        .returning(deliveries.c.id)
+        .returning(deliveries.c.id, deliveries.c.result)
         .cte("new_delivery")
     )
     values = (bindparam(f"n_{c}", type_=notifications.c[c].type) for c in notification_keys)
@@ -227,6 +256,7 @@ def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, .
     return select(
         select(new_delivery.c.id).scalar_subquery(),
         select(new_notification.c.id).scalar_subquery(),
+        select(new_delivery.c.result).scalar_subquery(),
     )
 
 

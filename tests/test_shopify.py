@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.models import Delivery, Notification
-from dispatch_notifier.outbox import _pair_insert_sql
+from dispatch_notifier.outbox import _pair_insert_sql, pending_row
 from dispatch_notifier.platforms.shopify import parse_fulfilled_order, parse_fulfillment
 from tests.conftest import SHARED, fulfilled_order, fulfillment, post_shopify, shopify_headers
 
@@ -243,6 +243,107 @@ def test_a_delivery_waiting_on_a_row_lock_does_not_hold_up_the_next_one(app, dat
         blocker.close()
         engine.dispose()
     assert count(app, Notification) == 2
+
+
+def _statements_of(app, post):  # type: ignore[no-untyped-def]
+    """What `post()` made the app run on its database: (SQL, whether in autocommit)."""
+    ran: list[tuple[str, bool]] = []
+
+    def record(connection, _cursor, statement, *_args) -> None:  # type: ignore[no-untyped-def]
+        ran.append((" ".join(statement.split()), connection.connection.dbapi_connection.autocommit))
+
+    engine = get_db(app).engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        response = post()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert response.status_code == 200, response.json
+    return response, ran
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_statement(app, client):
+    # Autocommit spares BEGIN and COMMIT, two round trips of three; what may follow the insert
+    # (the source's last event, the workers' wake-up) is a statement of its own.
+    response, ran = _statements_of(app, lambda: post_shopify(client, fulfillment(8101, 8102)))
+    assert response.json["status"] == "accepted"
+    writes = [(" ".join(sql.split()[:2]), ac) for sql, ac in ran if sql[:6] != "SELECT"]
+    # The first webhook also records the source's last event and wakes the workers.
+    assert writes == [
+        ("WITH new_delivery", True),
+        ("UPDATE sources", True),
+        ("NOTIFY dispatch_notifier_outbox", True),
+    ]
+    assert count(app, Notification) == 1
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_a_webhook_with_several_dispatches_is_stored_in_one_transaction(app, client):
+    response, ran = _statements_of(
+        app,
+        lambda: post_shopify(client, fulfilled_order(5601, (4601, 4602)), topic="orders/fulfilled"),
+    )
+    assert len(response.json["notifications"]) == 2
+    writes = [autocommit for sql, autocommit in ran if sql[:6] != "SELECT"]
+    assert writes and not any(writes), ran
+    assert count(app, Notification) == 2
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_a_shipment_notified_before_is_labelled_by_the_insert_itself(app, client):
+    # In autocommit a second statement to label the delivery would leave it mislabelled, had
+    # the process died between the two.
+    post_shopify(client, fulfillment(8201, 8202), topic="fulfillments/create")
+    response, ran = _statements_of(
+        app,
+        lambda: post_shopify(
+            client, fulfillment(8201, 8202, tracking_number="NEW"), topic="fulfillments/update"
+        ),
+    )
+    assert response.json["status"] == "duplicate"
+    assert not any(sql.startswith("UPDATE deliveries") for sql, _ in ran), ran
+    with get_db(app).session() as session:
+        results = session.scalars(select(Delivery.result).order_by(Delivery.id)).all()
+    assert results == ["accepted", "duplicate"]
+    assert count(app, Notification) == 1
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_shipment_notified_by_a_delivery_still_in_flight_is_labelled_a_duplicate(
+    app, database_url
+):
+    # The insert cannot see the other delivery's notification before it commits: it waits on
+    # the unique key, does nothing, and the delivery is labelled after it.
+    body = json.dumps(fulfillment(8301, 8302)).encode()
+    engine = create_engine(database_url)
+    other = engine.connect()  # its transaction begins with the INSERT and stays open
+    try:
+        source_id = other.execute(text("SELECT id FROM sources WHERE name = 'shopify'"))
+        shipment = parse_fulfillment(json.loads(body), order=None, shop_domain=None)
+        other.execute(
+            insert(Notification.__table__).values(
+                pending_row(source_id.scalar_one(), None, shipment, datetime.now(UTC))
+            )
+        )
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                app.test_client().post,
+                "/webhooks/shopify",
+                data=body,
+                headers=shopify_headers(body, webhook_id="in-flight"),
+            )
+            _wait_for_a_lock_wait(other)
+            other.commit()
+            response = waiting.result(timeout=10)
+    finally:
+        other.close()
+        engine.dispose()
+    assert response.json["status"] == "duplicate"
+    with get_db(app).session() as session:
+        delivery = session.scalars(select(Delivery)).one()
+    assert (delivery.delivery_id, delivery.result) == ("in-flight", "duplicate")
+    assert count(app, Notification) == 1
 
 
 def _wait_for_a_lock_wait(connection) -> None:  # type: ignore[no-untyped-def]

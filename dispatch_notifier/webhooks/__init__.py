@@ -50,7 +50,7 @@ def receive(source_name: str) -> Response:
             delivery_key = platform.delivery_id(body, request.headers)
         else:
             delivery_key = None
-        result = outbox.ingest(db.engine, source, delivery_key, parsed, body)
+        result = outbox.ingest(db, source, delivery_key, parsed, body)
     except platforms.WebhookError as exc:
         log.warning("webhook %s refused: %s %s", source_name, exc.status, exc.message)
         return error(exc.status, exc.code, exc.message, exc.problems)
