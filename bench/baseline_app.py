@@ -2,7 +2,8 @@
 
 `ok` answers 200 (the framework's ceiling); `store` stores the raw body with one INSERT and commit
 through the same engine settings as the service (SQLite: WAL flushed at every commit, busy timeout,
-BEGIN IMMEDIATE).
+BEGIN IMMEDIATE). `store-autocommit` runs that INSERT in autocommit on PostgreSQL, with no BEGIN
+and COMMIT, as the service stores its usual webhook (on SQLite it is `store`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def create_table(url: str) -> None:
 
 def baseline(kind: str, url: str) -> Flask:
     app = Flask("baseline")
-    engine = make_engine(url) if kind == "store" else None
+    engine = make_engine(url) if kind.startswith("store") else None
+    if engine is not None and kind == "store-autocommit" and engine.dialect.name == "postgresql":
+        engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -52,12 +55,12 @@ def baseline(kind: str, url: str) -> Flask:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("kind", choices=["ok", "store"])
+    parser.add_argument("kind", choices=["ok", "store", "store-autocommit"])
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    if args.kind == "store":
+    if args.kind != "ok":
         create_table(args.database_url)
 
     # The very code path of `dispatch-notifier serve --no-worker`: same gunicorn options (gthread,

@@ -32,6 +32,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="web processes (each 4 threads)")
     parser.add_argument("--half-rate-duration", type=float, default=8.0)
     parser.add_argument(
+        "--store-autocommit",
+        action="store_true",
+        help="(b) runs its INSERT in autocommit on PostgreSQL, as the service stores its usual"
+        " webhook (not the issue's baseline: for comparison)",
+    )
+    parser.add_argument(
         "--generator",
         choices=["auto", "wrk", "python"],
         default="auto",
@@ -53,6 +59,11 @@ def main() -> None:
         half_rows.extend(result["half"])
         checks.append(result["check"])
 
+    if args.store_autocommit:
+        print(
+            "\n(b) ran its INSERT in autocommit on PostgreSQL (`--store-autocommit`): for"
+            " comparison, not the issue's baseline."
+        )
     common.print_table(
         f"Webhook ingestion, closed loop (maximum rate), {_rounds(args)}: medians",
         [
@@ -128,6 +139,12 @@ MAX_RATE = {"bare": 12_000, "store": 12_000, "app": 6_000}
 APP_IDS_FROM = 40_000_000  # above the warm-up's and the half-rate runs' ids
 
 
+def _baseline_kind(server: str, args) -> str:  # type: ignore[no-untyped-def]
+    if server == "bare":
+        return "ok"
+    return "store-autocommit" if args.store_autocommit else "store"
+
+
 def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict:  # type: ignore[no-untyped-def]
     """All three servers run side by side (idle but one); each round loads them one after
     another, in an order that rotates, so a machine that speeds up or slows down during the run
@@ -142,9 +159,7 @@ def run_database(db: str, url: str, folder: Path, args, use_wrk: bool) -> dict: 
             services[server] = (
                 common.start_serve(url, folder, workers=args.workers)
                 if server == "app"
-                else common.start_baseline(
-                    "ok" if server == "bare" else "store", url, folder, workers=args.workers
-                )
+                else common.start_baseline(_baseline_kind(server, args), url, folder, args.workers)
             )
             # Warm-up deliveries are distinct too (they are stored by the app and the baseline).
             warm = common.distinct_deliveries(20 if args.smoke else 100, start=10_000_000)
