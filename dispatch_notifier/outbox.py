@@ -113,7 +113,10 @@ def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
     autocommit: one round trip instead of BEGIN, the statement and COMMIT, which cost the web
     process and PostgreSQL about a quarter of a webhook's CPU. What may follow it (a
     duplicate's count, the source's last event, the workers' wake-up) needs nothing from its
-    transaction. A delivery with several dispatches stores them in one transaction.
+    transaction, but for one rare label: a delivery whose shipment another delivery, still in
+    flight, notified is labelled a duplicate by a second statement, and a crash between the two
+    would leave it labelled accepted (it created nothing, and its platform, never answered,
+    sends it again). A delivery with several dispatches stores them in one transaction.
 
     Why not the group commit here: PostgreSQL takes concurrent writers, and one transaction at a
     time per process left the CPUs waiting on commits (80 % busy under load against 92 %) and

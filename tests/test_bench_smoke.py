@@ -129,3 +129,17 @@ def test_throughput_smoke_on_postgresql_records_every_sms_without_a_warning(
     output = run_bench("throughput.py", "--db", "postgresql")
     assert re.search(r"\| postgresql \| 8 \| 1 \|[^\n]*" + THROUGHPUT_EXACT, output), output
     assert "None of the 3 services this script started logged a warning" in output, output
+
+
+@pytest.mark.postgres
+def test_ingest_smoke_on_postgresql_stores_every_delivery_without_a_warning(
+    postgres_server_url: str,  # skips (fails under CI) when no PostgreSQL is reachable
+) -> None:
+    """The webhook's PostgreSQL path differs from SQLite's (one autocommitted statement), and
+    so does (b)'s when asked to run in autocommit."""
+    output = run_bench("ingest.py", "--db", "postgresql", "--store-autocommit")
+    assert "(b) ran its INSERT in autocommit on PostgreSQL" in output, output
+    assert re.search(INGEST_VERDICT, output), output
+    # Every delivery stored was accepted and made its notification.
+    assert re.search(r"\| postgresql \| \d+ \| (\d+) \| \1 \| 0 \| \1 \|", output), output
+    assert "None of the 3 services this script started logged a warning" in output, output
