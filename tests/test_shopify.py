@@ -220,19 +220,9 @@ def test_a_delivery_waiting_on_a_row_lock_does_not_hold_up_the_next_one(app, dat
             {"s": source_id.scalar_one()},
         )
         with ThreadPoolExecutor(2) as pool:
-            waiting = pool.submit(
-                app.test_client().post,
-                "/webhooks/shopify",
-                data=body,
-                headers=shopify_headers(body, webhook_id="held"),
-            )
+            waiting = _post_from(pool, app, body, "held")
             _wait_for_a_lock_wait(blocker)
-            free = pool.submit(
-                app.test_client().post,
-                "/webhooks/shopify",
-                data=other,
-                headers=shopify_headers(other, webhook_id="free"),
-            )
+            free = _post_from(pool, app, other, "free")
             try:
                 assert free.result(timeout=10).json["status"] == "accepted"
                 assert not waiting.done()
@@ -327,12 +317,7 @@ def test_a_shipment_notified_by_a_delivery_still_in_flight_is_labelled_a_duplica
             )
         )
         with ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(
-                app.test_client().post,
-                "/webhooks/shopify",
-                data=body,
-                headers=shopify_headers(body, webhook_id="in-flight"),
-            )
+            waiting = _post_from(pool, app, body, "in-flight")
             _wait_for_a_lock_wait(other)
             other.commit()
             response = waiting.result(timeout=10)
@@ -344,6 +329,16 @@ def test_a_shipment_notified_by_a_delivery_still_in_flight_is_labelled_a_duplica
         delivery = session.scalars(select(Delivery)).one()
     assert (delivery.delivery_id, delivery.result) == ("in-flight", "duplicate")
     assert count(app, Notification) == 1
+
+
+def _post_from(pool: ThreadPoolExecutor, app, body: bytes, webhook_id: str):  # type: ignore[no-untyped-def]
+    """A signed delivery posted from one of `pool`'s threads; its future answer."""
+    return pool.submit(
+        app.test_client().post,
+        "/webhooks/shopify",
+        data=body,
+        headers=shopify_headers(body, webhook_id=webhook_id),
+    )
 
 
 def _wait_for_a_lock_wait(connection) -> None:  # type: ignore[no-untyped-def]
