@@ -314,7 +314,8 @@ def _touch_source(connection: Connection, source_id: int, now: datetime, result:
     Every webhook updating its source's one row made concurrent deliveries queue on that row's
     lock until commit; "last event" only needs to be right to the second.
     """
-    key = (id(connection.engine), source_id)
+    # Keyed on the pool, which the autocommit engine shares with the plain one: one database.
+    key = (id(connection.engine.pool), source_id)
     with _touch_lock:
         last = _last_touch.get(key)
         if (
