@@ -14,6 +14,7 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from sqlalchemy import (
+    Boolean,
     Connection,
     CursorResult,
     Engine,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     bindparam,
     case,
     exists,
+    func,
     insert,
     literal,
     literal_column,
@@ -111,11 +113,11 @@ def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
 
     The usual delivery, with one dispatch, is one statement (`_insert_pair_postgres`), run in
     autocommit: one round trip instead of three (BEGIN, the statement, COMMIT), about a tenth
-    of a webhook's CPU in the web process and in PostgreSQL. What may follow it (a
-    duplicate's count, the source's last event, the workers' wake-up) needs nothing from its
-    transaction, but for one rare label: a delivery whose shipment another delivery, still in
-    flight, notified is labelled a duplicate by a second statement, and a crash between the two
-    would leave it labelled accepted (it created nothing, and its platform, never answered,
+    of a webhook's CPU in the web process and in PostgreSQL; the workers' wake-up is part of
+    it. What may follow it (a duplicate's count, the source's last event) needs nothing from
+    its transaction, but for one rare label: a delivery whose shipment another delivery, still
+    in flight, notified is labelled a duplicate by a second statement, and a crash between the
+    two would leave it labelled accepted (it created nothing, and its platform, never answered,
     sends it again). A delivery with several dispatches stores them in one transaction.
 
     Why not the group commit here: PostgreSQL takes concurrent writers, and one transaction at a
@@ -123,12 +125,15 @@ def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
     let one delivery blocked on a row lock hold up every other one behind it.
     """
     engine = db.single_statement if len(job[1]) == 1 else db.engine
-    with engine.connect() as connection, connection.begin():
-        result = _record(connection, job)
-        if result.created and _notify_due():
-            # After the rows are committed (or in their transaction): workers woken by it must
-            # see them.
-            connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+    claimed = _claim_wake_up()
+    created = False
+    try:
+        with engine.connect() as connection, connection.begin():
+            result = _record(connection, job, wake=claimed is not None)
+        created = bool(result.created)
+    finally:
+        if claimed is not None and not created:
+            _wake_up_unused(claimed)
     return result
 
 
@@ -145,14 +150,20 @@ def _committer(engine: Engine) -> GroupCommit[_IngestJob, IngestResult]:
         return committer
 
 
-def _record(connection: Connection, job: _IngestJob) -> IngestResult:
+def _record(connection: Connection, job: _IngestJob, wake: bool = False) -> IngestResult:
+    """Store one delivery and its dispatches; with `wake`, NOTIFY the workers of what it created.
+
+    The NOTIFY is in the rows' own transaction: workers woken by it must see them.
+    """
     delivery, notifications = job
     source_id, now = delivery["source_id"], delivery["received_at"]
     labelled = False  # whether the delivery row was stored already labelled a duplicate
+    woken = False  # whether the statement that stored the rows woke the workers itself
     if connection.dialect.name == "postgresql" and len(notifications) == 1:
         delivery_pk, notification_pks, labelled = _insert_pair_postgres(
-            connection, delivery, notifications[0]
+            connection, delivery, notifications[0], wake
         )
+        woken = wake
     else:
         delivery_pk = insert_ignoring_conflicts(connection, Delivery.__table__, delivery)
         notification_pks = [
@@ -184,26 +195,30 @@ def _record(connection: Connection, job: _IngestJob) -> IngestResult:
             connection.execute(
                 update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
             )
+    if wake and result.created and not woken:
+        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
     _touch_source(connection, source_id, now, result.status)
     return result
 
 
 def _insert_pair_postgres(
-    connection: Connection, delivery: dict[str, Any], notification: dict[str, Any]
+    connection: Connection, delivery: dict[str, Any], notification: dict[str, Any], wake: bool
 ) -> tuple[int | None, list[int | None], bool]:
     """The usual webhook on PostgreSQL, one dispatch: both rows in one statement.
 
     One round trip instead of two (each costs the web process about as much CPU as the rest of
-    storing the delivery). The notification is inserted only if the delivery was new. Returns
-    both new ids, None where a unique key already held the row, and whether the delivery was
-    stored labelled a duplicate: it is when another delivery had already notified its shipment,
-    so the label is right from the moment the row is, even in autocommit.
+    storing the delivery). The notification is inserted only if the delivery was new; with
+    `wake`, the statement NOTIFYs the workers if it inserted one, rather than a round trip of
+    its own. Returns both new ids, None where a unique key already held the row, and whether
+    the delivery was stored labelled a duplicate: it is when another delivery had already
+    notified its shipment, so the label is right from the moment the row is, even in autocommit.
     """
-    params = {f"d_{key}": value for key, value in delivery.items()}
+    params: dict[str, Any] = {f"d_{key}": value for key, value in delivery.items()}
     params.update({f"n_{key}": value for key, value in notification.items()})
+    params["wake"] = wake
     notification_keys = tuple(key for key in notification if key != "delivery_id")
     sql = _pair_insert_sql(connection.dialect, tuple(delivery), notification_keys)
-    delivery_pk, notification_pk, stored_result = connection.exec_driver_sql(sql, params).one()
+    delivery_pk, notification_pk, stored_result, _ = connection.exec_driver_sql(sql, params).one()
     if delivery_pk is None:
         return None, [], False
     return delivery_pk, [notification_pk], stored_result == "duplicate"
@@ -223,6 +238,7 @@ def _pair_insert_sql(
     compiled = _pair_insert(delivery_keys, notification_keys).compile(dialect=dialect)
     # A column default SQLAlchemy would have filled in at execution must not go missing here.
     given = {f"d_{key}" for key in delivery_keys} | {f"n_{key}" for key in notification_keys}
+    given.add("wake")
     if missing := set(compiled.params) - given:
         raise ValueError(f"the pair insert needs values for {sorted(missing)}")
     return str(compiled)
@@ -256,10 +272,19 @@ def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, .
         .returning(notifications.c.id)
         .cte("new_notification")
     )
+    # Only the row this statement inserted, not a conflict, is news to the workers.
+    wake_workers = (
+        select(
+            func.count(func.pg_notify(literal_column(f"'{NOTIFY_CHANNEL}'"), literal_column("''")))
+        )
+        .select_from(new_notification)
+        .where(bindparam("wake", type_=Boolean))
+    )
     return select(
         select(new_delivery.c.id).scalar_subquery(),
         select(new_notification.c.id).scalar_subquery(),
         select(new_delivery.c.result).scalar_subquery(),
+        wake_workers.scalar_subquery(),
     )
 
 
@@ -268,19 +293,28 @@ _last_notify = 0.0
 _notify_lock = threading.Lock()
 
 
-def _notify_due() -> bool:
-    """At most one NOTIFY per process every NOTIFY_INTERVAL seconds.
+def _claim_wake_up() -> float | None:
+    """This process's wake-up of the workers, if one is due: the time it was claimed, or None.
 
-    PostgreSQL serialises the commits of transactions that NOTIFY; under a burst one wake-up per
-    interval is plenty, since a worker with work in hand keeps claiming without being woken.
+    At most one NOTIFY per process every NOTIFY_INTERVAL seconds. PostgreSQL serialises the
+    commits of transactions that NOTIFY; under a burst one wake-up per interval is plenty, since
+    a worker with work in hand keeps claiming without being woken.
     """
     global _last_notify
     now = time.monotonic()
     with _notify_lock:
         if now - _last_notify < NOTIFY_INTERVAL:
-            return False
+            return None
         _last_notify = now
-        return True
+        return now
+
+
+def _wake_up_unused(claimed_at: float) -> None:
+    """A claimed wake-up whose delivery created nothing: the next new notification takes it."""
+    global _last_notify
+    with _notify_lock:
+        if _last_notify == claimed_at:
+            _last_notify = 0.0
 
 
 SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
+from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.models import Delivery, Notification
@@ -253,19 +256,68 @@ def _statements_of(app, post):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_statement(app, client):
-    # Autocommit spares BEGIN and COMMIT, two round trips of three; what may follow the insert
-    # (the source's last event, the workers' wake-up) is a statement of its own.
-    response, ran = _statements_of(app, lambda: post_shopify(client, fulfillment(8101, 8102)))
+def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_statement(
+    app, client, database_url
+):
+    # Autocommit spares BEGIN and COMMIT, two round trips of three. The same statement wakes the
+    # workers: a NOTIFY of its own would be another round trip and, in autocommit, another
+    # commit. The source's last event, recorded at most once a second, is a statement of its own.
+    with _listening(database_url) as woken:
+        response, ran = _statements_of(app, lambda: post_shopify(client, fulfillment(8101, 8102)))
+        assert woken() == 1
     assert response.json["status"] == "accepted"
     writes = [(" ".join(sql.split()[:2]), ac) for sql, ac in ran if sql[:6] != "SELECT"]
-    # The first webhook also records the source's last event and wakes the workers.
-    assert writes == [
-        ("WITH new_delivery", True),
-        ("UPDATE sources", True),
-        ("NOTIFY dispatch_notifier_outbox", True),
-    ]
+    assert writes == [("WITH new_delivery", True), ("UPDATE sources", True)]
     assert count(app, Notification) == 1
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_only_a_delivery_that_created_a_notification_wakes_the_workers(
+    app, client, database_url, monkeypatch
+):
+    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
+    monkeypatch.setattr(outbox, "_last_notify", 0.0)
+    post_shopify(client, fulfillment(8111, 8112), webhook_id="first")
+    monkeypatch.setattr(outbox, "_last_notify", 0.0)  # a wake-up is due again
+    with _listening(database_url) as woken:
+        post_shopify(client, fulfillment(8111, 8112), webhook_id="first")  # a repeated delivery
+        post_shopify(client, fulfillment(8111, 8112, tracking_number="NEW"), webhook_id="update")
+        # Neither woke anybody, nor used up the wake-up due: the next new shipment takes it.
+        post_shopify(client, fulfillment(8121, 8122), webhook_id="second")
+        assert woken() == 1
+    assert count(app, Notification) == 2
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_new_shipments_in_a_burst_wake_the_workers_once(
+    app, client, database_url, monkeypatch
+):
+    # PostgreSQL commits transactions that NOTIFY one at a time; a worker with work in hand
+    # keeps claiming without being woken again.
+    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
+    monkeypatch.setattr(outbox, "_last_notify", 0.0)
+    with _listening(database_url) as woken:
+        for i in range(3):
+            post_shopify(client, fulfillment(8131 + i, 8141 + i), webhook_id=f"burst-{i}")
+        assert woken() == 1
+    assert count(app, Notification) == 3
+
+
+@contextmanager
+def _listening(database_url: str) -> Iterator[Callable[[], int]]:
+    """LISTEN as the workers do; yields a call that counts the NOTIFYs received since the last."""
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+            listener = connection.connection.dbapi_connection
+
+            def received() -> int:
+                return sum(1 for _ in listener.notifies(timeout=0.5))
+
+            yield received
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
