@@ -260,8 +260,8 @@ def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_sta
     app, client, database_url
 ):
     # Autocommit spares BEGIN and COMMIT, two round trips of three. The same statement wakes the
-    # workers: a NOTIFY of its own would be another round trip and, in autocommit, another
-    # commit. The source's last event, recorded at most once a second, is a statement of its own.
+    # workers: a NOTIFY of its own would be another round trip. The source's last event,
+    # recorded at most once a second, is a statement of its own.
     with _listening(database_url) as woken:
         response, ran = _statements_of(app, lambda: post_shopify(client, fulfillment(8101, 8102)))
         assert woken() == 1
@@ -273,10 +273,8 @@ def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_sta
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_on_postgresql_only_a_delivery_that_created_a_notification_wakes_the_workers(
-    app, client, database_url, monkeypatch
+    app, client, database_url, one_wake_up_a_minute, monkeypatch
 ):
-    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
-    monkeypatch.setattr(outbox, "_last_notify", 0.0)
     post_shopify(client, fulfillment(8111, 8112), webhook_id="first")
     monkeypatch.setattr(outbox, "_last_notify", 0.0)  # a wake-up is due again
     with _listening(database_url) as woken:
@@ -290,17 +288,22 @@ def test_on_postgresql_only_a_delivery_that_created_a_notification_wakes_the_wor
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_on_postgresql_new_shipments_in_a_burst_wake_the_workers_once(
-    app, client, database_url, monkeypatch
+    app, client, database_url, one_wake_up_a_minute
 ):
     # PostgreSQL commits transactions that NOTIFY one at a time; a worker with work in hand
     # keeps claiming without being woken again.
-    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
-    monkeypatch.setattr(outbox, "_last_notify", 0.0)
     with _listening(database_url) as woken:
         for i in range(3):
             post_shopify(client, fulfillment(8131 + i, 8141 + i), webhook_id=f"burst-{i}")
         assert woken() == 1
     assert count(app, Notification) == 3
+
+
+@pytest.fixture
+def one_wake_up_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process wakes the workers at most once a minute, and the first wake-up is due."""
+    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
+    monkeypatch.setattr(outbox, "_last_notify", 0.0)
 
 
 @contextmanager
