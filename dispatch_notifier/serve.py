@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
 
 from dispatch_notifier import db
 from dispatch_notifier.config import ConfigError
@@ -96,6 +97,23 @@ class _Arbiter(Arbiter):  # type: ignore[misc]
         if self.sender is not None:
             self.sender.terminate()
         super().stop(graceful)
+
+
+class WebWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's threaded web worker, quitting once however many quit signals arrive.
+
+    Ctrl-C sends SIGINT to every process of the group, and the master, quitting, then sends its
+    workers SIGQUIT. A second quit signal handled inside the first one's thread-pool shutdown
+    waited for the lock that shutdown held, until the master killed the worker 30 s later.
+    """
+
+    _quitting = False
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
 
 def before_fork(app: Any) -> None:
@@ -274,7 +292,7 @@ def serve(
             {
                 "bind": f"{host}:{port}",
                 "workers": workers,
-                "worker_class": "gthread",
+                "worker_class": WebWorker,
                 "threads": threads,
                 "accesslog": None,
                 "errorlog": "-",

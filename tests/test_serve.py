@@ -9,13 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import requests
 
 from dispatch_notifier.samples import signed_shopify_fulfillment
+from dispatch_notifier.serve import WebWorker
 
 SECRET = "serve-test-secret"
 
@@ -235,3 +238,37 @@ def test_a_kept_alive_connection_is_closed_now_and_then_so_load_can_move(env):
         assert len(closing) == 2
     finally:
         stop(process)
+
+
+def test_a_second_quit_signal_during_the_first_does_not_hang_a_web_worker():
+    # Ctrl-C reaches a web worker as SIGINT, and the quitting master sends it SIGQUIT: the
+    # second can arrive while the first shuts the thread pool down holding the pool's lock
+    # (ThreadPoolExecutor.shutdown takes a plain Lock), as this pool makes it do every time.
+    worker = WebWorker.__new__(WebWorker)  # its handlers only, not a running worker
+    worker.cfg = SimpleNamespace(worker_int=lambda _worker: None)
+
+    class PoolSignalledDuringShutdown:
+        lock = threading.Lock()
+        shutdowns = 0
+
+        def shutdown(self, wait: bool = True) -> None:
+            with self.lock:
+                self.shutdowns += 1
+                if self.shutdowns == 1:
+                    worker.handle_quit(signal.SIGQUIT, None)
+
+    worker.tpool = PoolSignalledDuringShutdown()
+    exits: list[BaseException] = []
+
+    def quit_on_ctrl_c() -> None:
+        try:
+            worker.handle_quit(signal.SIGINT, None)
+        except SystemExit as exit_:
+            exits.append(exit_)
+
+    quitting = threading.Thread(target=quit_on_ctrl_c, daemon=True)
+    quitting.start()
+    quitting.join(5)
+    assert not quitting.is_alive(), "the worker hung on its second quit signal"
+    assert [exit_.code for exit_ in exits] == [0]
+    assert worker.tpool.shutdowns == 1
