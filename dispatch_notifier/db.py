@@ -26,6 +26,8 @@ from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.schema import Table
 
+from dispatch_notifier.wake_ups import WakeUps
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -282,6 +284,7 @@ class Database:
             else self.engine
         )
         self.writers = writer_queue(self.engine)
+        self.wake_ups = WakeUps(self.single_statement) if self.is_postgres else None
 
     @property
     def is_postgres(self) -> bool:
@@ -319,6 +322,8 @@ class Database:
             session.close()
 
     def dispose(self) -> None:
+        if self.wake_ups is not None:
+            self.wake_ups.close()
         self.engine.dispose()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -54,8 +53,8 @@ from dispatch_notifier.models import (
     utcnow,
 )
 from dispatch_notifier.platforms import Parsed
+from dispatch_notifier.wake_ups import NOTIFY_CHANNEL
 
-NOTIFY_CHANNEL = "dispatch_notifier_outbox"
 # The unique key that makes one notification per shipment, however often it is reported.
 NOTIFICATION_KEY = ("source_id", "order_id", "shipment_id", "kind")
 
@@ -125,15 +124,22 @@ def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
     let one delivery blocked on a row lock hold up every other one behind it.
     """
     engine = db.single_statement if len(job[1]) == 1 else db.engine
-    claimed = _claim_wake_up()
+    wake_ups = db.wake_ups
+    assert wake_ups is not None  # every PostgreSQL database has them
+    claim = wake_ups.claim()
     created = False
     try:
         with engine.connect() as connection, connection.begin():
-            result = _record(connection, job, wake=claimed is not None)
-        created = bool(result.created)
+            result = _record(connection, job, wake=claim is not None)
+        created = bool(result.created)  # committed
     finally:
-        if claimed is not None and not created:
-            _wake_up_unused(claimed)
+        if claim is None:
+            if created:
+                wake_ups.missed()
+        elif created:
+            wake_ups.announced(claim)
+        else:
+            wake_ups.unused(claim)
     return result
 
 
@@ -286,35 +292,6 @@ def _pair_insert(delivery_keys: tuple[str, ...], notification_keys: tuple[str, .
         select(new_delivery.c.result).scalar_subquery(),
         wake_workers.scalar_subquery(),
     )
-
-
-NOTIFY_INTERVAL = 0.02
-_last_notify = 0.0
-_notify_lock = threading.Lock()
-
-
-def _claim_wake_up() -> float | None:
-    """This process's wake-up of the workers, if one is due: the time it was claimed, or None.
-
-    At most one NOTIFY per process every NOTIFY_INTERVAL seconds. PostgreSQL serialises the
-    commits of transactions that NOTIFY; under a burst one wake-up per interval is plenty, since
-    a worker with work in hand keeps claiming without being woken.
-    """
-    global _last_notify
-    now = time.monotonic()
-    with _notify_lock:
-        if now - _last_notify < NOTIFY_INTERVAL:
-            return None
-        _last_notify = now
-        return now
-
-
-def _wake_up_unused(claimed_at: float) -> None:
-    """A claimed wake-up whose delivery created nothing: the next new notification takes it."""
-    global _last_notify
-    with _notify_lock:
-        if _last_notify == claimed_at:
-            _last_notify = 0.0
 
 
 SOURCE_TOUCH_INTERVAL = timedelta(seconds=1)

@@ -11,7 +11,8 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from dispatch_notifier import create_app, message_templates, migrate
 from dispatch_notifier.db import get_db
 from dispatch_notifier.platforms import hmac_sha256
 from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
+from dispatch_notifier.wake_ups import NOTIFY_CHANNEL
 
 POSTGRES_URL = os.environ.get(
     "DISPATCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -269,6 +271,23 @@ def fulfilled_order(
             for fid in fulfillment_ids
         ],
     }
+
+
+@contextmanager
+def listening(database_url: str) -> Iterator[Callable[[], int]]:
+    """LISTEN as the workers do; yields a call that counts the NOTIFYs received since the last."""
+    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"LISTEN {NOTIFY_CHANNEL}")
+            listener = connection.connection.dbapi_connection
+
+            def received(timeout: float = 0.5) -> int:
+                return sum(1 for _ in listener.notifies(timeout=timeout))
+
+            yield received
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

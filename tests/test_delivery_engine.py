@@ -375,6 +375,33 @@ def test_a_deliberate_resend_wakes_an_idle_postgres_worker(app_factory, fake_dot
     assert len(fake_dotdigital.sent) == 2
 
 
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_postgres_wakes_an_idle_worker_for_a_shipment_stored_while_wake_ups_are_held_back(
+    app_factory, fake_dotdigital
+):
+    # The second webhook comes too soon after the first for a wake-up of its own; the worker,
+    # idle again after the first SMS, must still hear of it long before its 30 s poll.
+    app = dd_app(app_factory, fake_dotdigital, POLL_INTERVAL=30.0)
+    get_db(app).wake_ups.interval = 1.0
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    client = app.test_client()
+    try:
+        time.sleep(1.0)  # the listener connects
+        post_shopify(client, fulfillment(9501, 9601, phone="+447911200001"))
+        fake_dotdigital.wait_for_sent(1, timeout=5)
+        time.sleep(0.1)  # the worker finds nothing more and waits
+        stored_at = time.monotonic()
+        post_shopify(client, fulfillment(9502, 9602, phone="+447911200002"))
+        fake_dotdigital.wait_for_sent(2, timeout=5)
+        waited = time.monotonic() - stored_at
+    finally:
+        worker.stop()
+        thread.join(15)
+    assert waited < 3.0  # at most two 1 s intervals, not the 30 s poll
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 def test_sqlite_wakes_an_idle_worker_when_another_process_commits(app_factory, fake_dotdigital):
     # A long poll interval: only the data_version watcher can make this fast.

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,13 +12,19 @@ import pytest
 from sqlalchemy import create_engine, event, func, insert, select, text
 from sqlalchemy.dialects import postgresql
 
-from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
 from dispatch_notifier.events import DispatchEvent
 from dispatch_notifier.models import Delivery, Notification
 from dispatch_notifier.outbox import _pair_insert_sql, pending_row
 from dispatch_notifier.platforms.shopify import parse_fulfilled_order, parse_fulfillment
-from tests.conftest import SHARED, fulfilled_order, fulfillment, post_shopify, shopify_headers
+from tests.conftest import (
+    SHARED,
+    fulfilled_order,
+    fulfillment,
+    listening,
+    post_shopify,
+    shopify_headers,
+)
 
 
 def count(app, model) -> int:  # type: ignore[no-untyped-def]
@@ -262,7 +266,7 @@ def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_sta
     # Autocommit spares BEGIN and COMMIT, two round trips of three. The same statement wakes the
     # workers: a NOTIFY of its own would be another round trip. The source's last event,
     # recorded at most once a second, is a statement of its own.
-    with _listening(database_url) as woken:
+    with listening(database_url) as woken:
         response, ran = _statements_of(app, lambda: post_shopify(client, fulfillment(8101, 8102)))
         assert woken() == 1
     assert response.json["status"] == "accepted"
@@ -273,11 +277,12 @@ def test_on_postgresql_a_one_dispatch_webhook_is_stored_by_one_autocommitted_sta
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_on_postgresql_only_a_delivery_that_created_a_notification_wakes_the_workers(
-    app, client, database_url, one_wake_up_a_minute, monkeypatch
+    app, app_factory, client, database_url
 ):
-    post_shopify(client, fulfillment(8111, 8112), webhook_id="first")
-    monkeypatch.setattr(outbox, "_last_notify", 0.0)  # a wake-up is due again
-    with _listening(database_url) as woken:
+    # Another process stored the first delivery; this one's wake-up is still due.
+    post_shopify(app_factory().test_client(), fulfillment(8111, 8112), webhook_id="first")
+    get_db(app).wake_ups.interval = 60.0
+    with listening(database_url) as woken:
         post_shopify(client, fulfillment(8111, 8112), webhook_id="first")  # a repeated delivery
         post_shopify(client, fulfillment(8111, 8112, tracking_number="NEW"), webhook_id="update")
         # Neither woke anybody, nor used up the wake-up due: the next new shipment takes it.
@@ -287,40 +292,30 @@ def test_on_postgresql_only_a_delivery_that_created_a_notification_wakes_the_wor
 
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
-def test_on_postgresql_new_shipments_in_a_burst_wake_the_workers_once(
-    app, client, database_url, one_wake_up_a_minute
+def test_on_postgresql_a_burst_wakes_the_workers_at_its_start_and_once_more_for_the_rest(
+    app, client, database_url
 ):
-    # PostgreSQL commits transactions that NOTIFY one at a time; a worker with work in hand
-    # keeps claiming without being woken again.
-    with _listening(database_url) as woken:
+    # PostgreSQL commits transactions that NOTIFY one at a time, so a process wakes the workers
+    # at most once an interval; a worker with work in hand keeps claiming without being woken.
+    # The rows stored after the first wake-up get one soon after the interval is over: an
+    # idle worker would otherwise not see them before its next poll.
+    get_db(app).wake_ups.interval = 0.5
+    with listening(database_url) as woken:
         for i in range(3):
             post_shopify(client, fulfillment(8131 + i, 8141 + i), webhook_id=f"burst-{i}")
-        assert woken() == 1
+        assert woken(timeout=0.3) == 1
+        assert woken(timeout=1.5) == 1  # about 1 s after the first: two intervals
+        assert woken(timeout=1.0) == 0
     assert count(app, Notification) == 3
 
 
-@pytest.fixture
-def one_wake_up_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process wakes the workers at most once a minute, and the first wake-up is due."""
-    monkeypatch.setattr(outbox, "NOTIFY_INTERVAL", 60.0)
-    monkeypatch.setattr(outbox, "_last_notify", 0.0)
-
-
-@contextmanager
-def _listening(database_url: str) -> Iterator[Callable[[], int]]:
-    """LISTEN as the workers do; yields a call that counts the NOTIFYs received since the last."""
-    engine = create_engine(database_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql(f"LISTEN {outbox.NOTIFY_CHANNEL}")
-            listener = connection.connection.dbapi_connection
-
-            def received() -> int:
-                return sum(1 for _ in listener.notifies(timeout=0.5))
-
-            yield received
-    finally:
-        engine.dispose()
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_on_postgresql_a_lone_webhook_wakes_the_workers_once(app, client, database_url):
+    get_db(app).wake_ups.interval = 0.2
+    with listening(database_url) as woken:
+        post_shopify(client, fulfillment(8151, 8152))
+        assert woken(timeout=1.0) == 1
+    assert count(app, Notification) == 1
 
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
