@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/results
 declare -A FULL_SIZE=(
-  [e2e_latency]="--samples 200"
+  [e2e_latency]="--samples 200 --pairs 100"
   [throughput]="--backlog 5000"
   [log_scale]="--rows 1000000"
   [memory]="--events 50000 --checkpoint 10000"
