@@ -14,7 +14,7 @@ from typing import Self
 
 from sqlalchemy.engine import make_url
 
-from dispatch_notifier.outbox import NOTIFY_CHANNEL
+from dispatch_notifier.wake_ups import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ from dispatch_notifier.models import (
     utcnow,
 )
 from dispatch_notifier.platforms import Parsed
-from dispatch_notifier.wake_ups import NOTIFY_CHANNEL
+from dispatch_notifier.wake_ups import NOTIFY, NOTIFY_CHANNEL
 
 # The unique key that makes one notification per shipment, however often it is reported.
 NOTIFICATION_KEY = ("source_id", "order_id", "shipment_id", "kind")
@@ -133,13 +133,7 @@ def _write_alone(db: Database, job: _IngestJob) -> IngestResult:
             result = _record(connection, job, wake=claim is not None)
         created = bool(result.created)  # committed
     finally:
-        if claim is None:
-            if created:
-                wake_ups.missed()
-        elif created:
-            wake_ups.announced(claim)
-        else:
-            wake_ups.unused(claim)
+        wake_ups.settled(claim, created)
     return result
 
 
@@ -202,7 +196,7 @@ def _record(connection: Connection, job: _IngestJob, wake: bool = False) -> Inge
                 update(Delivery).where(Delivery.id == delivery_pk).values(result="duplicate")
             )
     if wake and result.created and not woken:
-        connection.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        connection.execute(text(NOTIFY))
     _touch_source(connection, source_id, now, result.status)
     return result
 

@@ -18,7 +18,7 @@ from dispatch_notifier.models import (
     Notification,
     utcnow,
 )
-from dispatch_notifier.outbox import NOTIFY_CHANNEL
+from dispatch_notifier.wake_ups import NOTIFY
 
 
 class ResendError(Exception):
@@ -57,6 +57,6 @@ def resend_notification(session: Session, notification_id: int, actor: str) -> N
     )
     if session.get_bind().dialect.name == "postgresql":
         # Wake idle workers now rather than at their next poll (delivered on commit).
-        session.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        session.execute(text(NOTIFY))
     session.commit()
     return row

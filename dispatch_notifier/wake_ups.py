@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "dispatch_notifier_outbox"
+NOTIFY = f"NOTIFY {NOTIFY_CHANNEL}"  # the statement that wakes every listening worker
 # PostgreSQL commits the transactions that NOTIFY one at a time; under a burst one wake-up per
 # interval is plenty, since a worker with work in hand keeps claiming without being woken.
 NOTIFY_INTERVAL = 0.02
@@ -35,11 +36,11 @@ class Claim:
 class WakeUps:
     """The wake-ups of one database's workers by this process.
 
-    A writer that creates work asks `claim()`. With a claim, it NOTIFYs in its own transaction
-    and then reports `announced()`, or `unused()` if it created nothing. Without one, it reports
-    `missed()` once its rows are committed, and a thread of this object NOTIFYs for them within
-    two intervals, unless a writer's wake-up covered them first. Without that, an idle worker
-    would not hear of them before its poll.
+    A writer that creates work asks `claim()`; with a claim, it NOTIFYs in its own transaction.
+    Then it reports `settled()`. With a claim, that is `announced()`, or `unused()` if it
+    created nothing. Without one, it is `missed()` once its rows are committed, and a thread of
+    this object NOTIFYs for them within two intervals, unless a writer's wake-up covered them
+    first. Without that, an idle worker would not hear of them before its poll.
     """
 
     def __init__(self, engine: Engine, interval: float = NOTIFY_INTERVAL) -> None:
@@ -63,6 +64,16 @@ class WakeUps:
                 return None
             self._last = now
             return Claim(now, self._missed)
+
+    def settled(self, claim: Claim | None, created: bool) -> None:
+        """The writer's transaction is over: `created` if it committed new rows."""
+        if claim is None:
+            if created:
+                self.missed()
+        elif created:
+            self.announced(claim)
+        else:
+            self.unused(claim)
 
     def unused(self, claim: Claim) -> None:
         """The claim's writer created nothing and did not NOTIFY: the next one may."""
@@ -110,7 +121,7 @@ class WakeUps:
                     return
             try:
                 with self.engine.connect() as connection:
-                    connection.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+                    connection.exec_driver_sql(NOTIFY)
             except Exception as exc:  # the workers' poll finds the rows anyway
                 log.warning("could not wake the workers (%s)", type(exc).__name__)
             # Announced or not, do not retry: a failing database would be hammered.
