@@ -148,6 +148,20 @@ def _post_fork(server: Arbiter, _worker: Any) -> None:
     after_fork_in_child(server.app.wsgi())
 
 
+def _worker_exit(server: Arbiter, worker: Any) -> None:
+    """In a web process that is exiting: wake the workers for the rows it stored last.
+
+    A row stored without a wake-up of its own gets one a moment later (`WakeUps`); a process
+    that exits first would leave it to the workers' poll. gunicorn also calls this hook in the
+    master for a worker already gone, where the database must stay as it is for later forks.
+    """
+    if worker.pid != os.getpid():
+        return
+    database = getattr(server.app.wsgi(), "extensions", {}).get("db")
+    if database is not None:
+        database.dispose()
+
+
 # Each web process answers one request in this many with "Connection: close".
 CLOSE_CONNECTION_EVERY = 25
 
@@ -302,6 +316,7 @@ def serve(
                 "preload_app": True,
                 "pre_fork": _pre_fork,
                 "post_fork": _post_fork,
+                "worker_exit": _worker_exit,
                 "pre_request": _pre_request,
                 # gunicorn's control socket (`gunicornc`) runs a thread in the master, and the
                 # master forks (web workers, the sender) whenever one has to be replaced.

@@ -40,7 +40,8 @@ class WakeUps:
     Then it reports `settled()`. With a claim, that is `announced()`, or `unused()` if it
     created nothing. Without one, it is `missed()` once its rows are committed, and a thread of
     this object NOTIFYs for them within two intervals, unless a writer's wake-up covered them
-    first. Without that, an idle worker would not hear of them before its poll.
+    first. Without that, an idle worker would not hear of them before its poll. `close()`, as
+    the process ends, announces at once any rows still waiting.
     """
 
     def __init__(self, engine: Engine, interval: float = NOTIFY_INTERVAL) -> None:
@@ -105,13 +106,22 @@ class WakeUps:
                 self._changed.notify_all()
 
     def close(self) -> None:
-        """Stop announcing (the database is being disposed of)."""
+        """Stop announcing (the database is being disposed of), after announcing at once any
+        rows still waiting for their wake-up: a web process that exits (a restart, a rolling
+        deploy) must not leave its last rows to the workers' poll."""
         with self._changed:
             self._closed = True
             self._changed.notify_all()
             thread = self._thread
         if thread is not None and self._thread_pid == os.getpid():
-            thread.join(2.0)
+            thread.join(2.0)  # it may be sending a wake-up that covers them
+        with self._changed:
+            pending = Claim(time.monotonic(), self._missed) if self._unannounced() else None
+        if pending is not None:
+            self._notify(pending)
+
+    def _unannounced(self) -> bool:
+        return self._missed > self._announced
 
     def _announce_missed(self) -> None:
         while True:
@@ -119,18 +129,21 @@ class WakeUps:
                 claim = self._next_trailing_claim()
                 if claim is None:
                     return
-            try:
-                with self.engine.connect() as connection:
-                    connection.exec_driver_sql(NOTIFY)
-            except Exception as exc:  # the workers' poll finds the rows anyway
-                log.warning("could not wake the workers (%s)", type(exc).__name__)
-            # Announced or not, do not retry: a failing database would be hammered.
-            self.announced(claim)
+            self._notify(claim)
+
+    def _notify(self, claim: Claim) -> None:
+        try:
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql(NOTIFY)
+        except Exception as exc:  # the workers' poll finds the rows anyway
+            log.warning("could not wake the workers (%s)", type(exc).__name__)
+        # Announced or not, do not retry: a failing database would be hammered.
+        self.announced(claim)
 
     def _next_trailing_claim(self) -> Claim | None:
         """Wait (holding the condition) until missed rows need a wake-up and one is due."""
         while not self._closed:
-            if self._missed > self._announced:
+            if self._unannounced():
                 now = time.monotonic()
                 # A whole interval later than a writer's: under load a writer's wake-up, part of
                 # its own statement, covers the rows first, and this one costs a round trip.

@@ -17,8 +17,10 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from dispatch_notifier.db import get_db
 from dispatch_notifier.samples import signed_shopify_fulfillment
-from dispatch_notifier.serve import WebWorker
+from dispatch_notifier.serve import WebWorker, _worker_exit
+from tests.conftest import fulfillment, listening, post_shopify
 
 SECRET = "serve-test-secret"
 
@@ -272,3 +274,21 @@ def test_a_second_quit_signal_during_the_first_does_not_hang_a_web_worker():
     assert not quitting.is_alive(), "the worker hung on its second quit signal"
     assert [exit_.code for exit_ in exits] == [0]
     assert worker.tpool.shutdowns == 1
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_a_web_process_exiting_wakes_the_workers_for_the_shipment_it_stored_last(
+    app, client, database_url
+):
+    # gunicorn runs its `worker_exit` hook in the exiting web process, and also in the master
+    # for a worker found already gone: there the database must stay usable for later forks.
+    get_db(app).wake_ups.interval = 60.0  # the second shipment's own wake-up: a minute away
+    server = SimpleNamespace(app=SimpleNamespace(wsgi=lambda: app))
+    with listening(database_url) as woken:
+        post_shopify(client, fulfillment(8301, 8302), webhook_id="first")
+        post_shopify(client, fulfillment(8311, 8312), webhook_id="second")
+        assert woken() == 1
+        _worker_exit(server, SimpleNamespace(pid=os.getpid() + 1))  # in the master
+        assert woken() == 0
+        _worker_exit(server, SimpleNamespace(pid=os.getpid()))  # in the web process
+        assert woken() == 1

@@ -63,12 +63,28 @@ def test_rows_stored_without_a_wake_up_get_one_soon_after_the_interval_is_over(
 
 
 @on_postgres
-def test_disposing_of_the_database_drops_a_pending_wake_up(wake_ups, database_url):
-    wakes = wake_ups(0.5)
+def test_disposing_of_the_database_sends_a_pending_wake_up_at_once(wake_ups, database_url):
+    # The process is going away (a web worker restarting, a rolling deploy): its last rows must
+    # not wait for the workers' poll.
+    wakes = wake_ups(60.0)
     with listening(database_url) as woken:
-        wakes.claim()
+        wakes.announced(wakes.claim())
         wakes.missed()
+        started = time.monotonic()
         wakes.close()
+        assert woken(timeout=1.0) == 1
+        assert time.monotonic() - started < 1.5
         wakes.missed()  # a late writer: nothing to announce to
-        assert woken(timeout=1.5) == 0
+        assert woken(timeout=1.0) == 0
     assert wakes._thread is not None and not wakes._thread.is_alive()
+
+
+@on_postgres
+def test_disposing_of_the_database_with_every_row_announced_sends_nothing(wake_ups, database_url):
+    wakes = wake_ups(0.1)
+    with listening(database_url) as woken:
+        wakes.announced(wakes.claim())
+        wakes.missed()
+        assert woken(timeout=1.0) == 1  # the trailing wake-up
+        wakes.close()
+        assert woken(timeout=0.5) == 0
