@@ -390,7 +390,17 @@ _GUARD_OWNER = _N.c.lease_owner == bindparam("_owner")
 # IN over bound constants: a plain list would be an "expanding" parameter, re-rendered into the
 # SQL on every execution (~4 % of a sender's CPU).
 _GUARD_CLAIMABLE = _N.c.status.in_([literal(status) for status in CLAIMABLE_STATUSES])
-_RENEW = update(_N).where(_N.c.id.in_(bindparam("_ids", expanding=True)), _GUARD_OWNER)
+# A held row another transaction has locked is skipped, not waited for: that is the worker's
+# own outcome batch finishing it (no renewal needed), and waiting for a batch that wants a row
+# the renewal has locked already would deadlock (PostgreSQL ends one of them after a second).
+_RENEW = update(_N).where(
+    _N.c.id.in_(
+        select(_N.c.id)
+        .where(_N.c.id.in_(bindparam("_ids", expanding=True)), _GUARD_OWNER)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+)
 _MARK_SENDING = (
     update(_N)
     .where(_N.c.id == bindparam("_id"), _GUARD_OWNER, _GUARD_CLAIMABLE)

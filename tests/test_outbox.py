@@ -92,6 +92,35 @@ def test_mark_sending_refuses_a_row_whose_lease_was_taken_over(app):
         assert outbox.mark_sending(session, nid, "a", {}) is False
 
 
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_renewing_leases_skips_a_row_whose_outcome_is_being_recorded(app):
+    # A worker records outcomes in batches, in the order its sends finished, while its
+    # heartbeat renews the lease of every row it holds. Had the renewal waited for a locked
+    # row, the two could each hold a row the other wanted next: PostgreSQL ends one of them
+    # after `deadlock_timeout` (1 s), and every send of the worker waits meanwhile.
+    queue(app, 2)
+    db = get_db(app)
+    with db.session() as session:
+        first, second = outbox.claim(session, "w", 2, timedelta(seconds=60))
+    renewed: list[int] = []
+
+    def heartbeat() -> None:
+        with db.session() as session:
+            renewed.append(outbox.renew_leases(session, "w", [first, second], timedelta(hours=1)))
+
+    with db.engine.connect() as batch, batch.begin():
+        assert outbox.write_outcome(batch, second, "w", {"status": "sent"})  # holds its lock
+        renewing = threading.Thread(target=heartbeat, daemon=True)
+        renewing.start()
+        renewing.join(3.0)
+        assert not renewing.is_alive(), "the renewal waited for the batch's lock"
+        assert outbox.write_outcome(batch, first, "w", {"status": "sent"})
+    assert renewed == [1]  # `first`; `second` was being finished, so needed no renewal
+    with db.session() as session:
+        statuses = session.execute(select(Notification.id, Notification.status)).all()
+    assert sorted(statuses) == [(first, "sent"), (second, "sent")]
+
+
 def _captured_claim(db) -> tuple[list[str], str, object]:  # type: ignore[no-untyped-def]
     """One real claim as the driver received it: the session settings it made first, then the
     SQL and parameters of the claim itself."""
