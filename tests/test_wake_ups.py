@@ -70,10 +70,8 @@ def test_disposing_of_the_database_sends_a_pending_wake_up_at_once(wake_ups, dat
     with listening(database_url) as woken:
         wakes.announced(wakes.claim())
         wakes.missed()
-        started = time.monotonic()
         wakes.close()
-        assert woken(timeout=1.0) == 1
-        assert time.monotonic() - started < 1.5
+        assert woken(timeout=1.0) == 1  # its own trailing wake-up was two minutes away
         wakes.missed()  # a late writer: nothing to announce to
         assert woken(timeout=1.0) == 0
     assert wakes._thread is not None and not wakes._thread.is_alive()
