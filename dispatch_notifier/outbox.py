@@ -627,10 +627,14 @@ def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[in
     conditions = [Notification.status == SENDING, Notification.lease_expires_at < now]
     if spare:
         conditions.append(Notification.id.not_in(spare))
+    # A locked row is skipped, not waited for: its owner is recording the outcome right now
+    # (after an outage it outlived its lease), and that outcome is the truth. Waiting could also
+    # deadlock with the owner's outcome batch, which locks its rows in another order.
+    expired = select(Notification.id).where(*conditions).with_for_update(skip_locked=True)
     ids = list(
         session.scalars(
             update(Notification)
-            .where(*conditions)
+            .where(Notification.id.in_(expired.scalar_subquery()))
             .values(
                 status=UNKNOWN,
                 error="the worker stopped while sending; the SMS may have been sent",

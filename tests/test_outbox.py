@@ -121,6 +121,39 @@ def test_renewing_leases_skips_a_row_whose_outcome_is_being_recorded(app):
     assert sorted(statuses) == [(first, "sent"), (second, "sent")]
 
 
+@pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_sweep_leaves_a_late_send_to_its_owner_while_the_outcome_is_being_recorded(app):
+    # After a database outage longer than the lease, a worker comes back and records the
+    # outcomes of sends whose leases expired meanwhile, while another worker's sweep looks for
+    # abandoned sends. The owner knows what happened; the sweep would only guess `unknown`.
+    queue(app, 2)
+    db = get_db(app)
+    with db.session() as session:
+        first, second = outbox.claim(session, "slow", 2, timedelta(seconds=60))
+        session.execute(
+            update(Notification).values(
+                status="sending", lease_expires_at=utcnow() - timedelta(seconds=1)
+            )
+        )
+        session.commit()
+    swept: list[list[int]] = []
+
+    def sweep() -> None:
+        with db.session() as session:
+            swept.append(outbox.sweep_abandoned(session))
+
+    with db.engine.connect() as batch, batch.begin():
+        assert outbox.write_outcome(batch, second, "slow", {"status": "sent"})  # holds its lock
+        sweeping = threading.Thread(target=sweep, daemon=True)
+        sweeping.start()
+        sweeping.join(3.0)
+        assert not sweeping.is_alive(), "the sweep waited for the outcome's lock"
+    assert swept == [[first]]
+    with db.session() as session:
+        statuses = session.execute(select(Notification.id, Notification.status)).all()
+    assert sorted(statuses) == [(first, "unknown"), (second, "sent")]
+
+
 def _captured_claim(db) -> tuple[list[str], str, object]:  # type: ignore[no-untyped-def]
     """One real claim as the driver received it: the session settings it made first, then the
     SQL and parameters of the claim itself."""
