@@ -114,11 +114,26 @@ def acquire(
     start = window_start(now, limit.window)
     if row.window_start is None or start >= row.window_start + limit.window:
         row.window_start, row.window_count = start, 0
-    if row.window_count >= limit.count:
-        return row.window_start + limit.window
+    end = row.window_start + limit.window
+    if row.window_count >= limit.count or now >= end - closing_time(limit.window):
+        return end
     row.window_count += 1
     session.flush()
     return None
+
+
+# The longest a window's last moments last (see `closing_time`).
+MAX_CLOSING_TIME = timedelta(milliseconds=250)
+
+
+def closing_time(window: timedelta) -> timedelta:
+    """How long before its end a window hands out no more slots: 1/20 of it, at most 250 ms.
+
+    A slot is counted when it is taken, but the provider counts the request when it arrives: a
+    commit and an HTTP call later, or more if the disk stalls, or on another machine's clock. A
+    slot taken in a window's last moments would arrive in the next one, which may be full already.
+    """
+    return min(window / 20, MAX_CLOSING_TIME)
 
 
 def window_start(now: datetime, window: timedelta) -> datetime:
@@ -148,12 +163,15 @@ def wait_until(
     now = now or utcnow()
     row = session.get(SendGate, GATE_NAME, populate_existing=True)
     session.rollback()
-    if row is None:
-        return None
-    if row.paused_until is not None and row.paused_until > now:
+    if row is not None and row.paused_until is not None and row.paused_until > now:
         return row.paused_until
+    if limit is None:
+        return None
+    end = window_start(now, limit.window) + limit.window
+    if now >= end - closing_time(limit.window):
+        return end  # `acquire` would refuse every slot until then
     if (
-        limit is not None
+        row is not None
         and row.window_start is not None
         and row.window_start <= now < row.window_start + limit.window
         and row.window_count >= limit.count

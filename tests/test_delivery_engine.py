@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from dispatch_notifier import gate, outbox, quiet
 from dispatch_notifier.db import get_db
-from dispatch_notifier.models import Notification, Source, utcnow
+from dispatch_notifier.models import Notification, SendGate, Source, utcnow
 from dispatch_notifier.testing.fake_dotdigital import rate_limited
 from dispatch_notifier.worker import Worker
 from tests.conftest import fulfillment, post_shopify
@@ -130,6 +130,39 @@ def test_rate_limit_windows_are_aligned_to_the_clock(text, now, start):
     assert gate.window_start(moment, limit.window) == datetime.fromisoformat(start).replace(
         tzinfo=UTC
     )
+
+
+def test_a_window_hands_out_no_slot_in_its_last_moments(app):
+    # The provider counts a request when it arrives, a commit and an HTTP call after its slot
+    # was taken: a slot taken just before the window ends would land in the next one, which
+    # may be full already.
+    limit = gate.parse_rate_limit("20/second")
+    second = datetime(2026, 6, 1, 10, 0, 5, tzinfo=UTC)
+    db = get_db(app)
+    with db.session() as session:
+        assert gate.acquire(session, limit, now=second + timedelta(milliseconds=940)) is None
+        session.commit()
+    with db.session() as session:
+        closing = second + timedelta(milliseconds=960)
+        assert gate.acquire(session, limit, now=closing) == second + timedelta(seconds=1)
+        session.rollback()
+        # The worker loop waits for the next window instead of claiming rows to hand back.
+        assert gate.wait_until(session, limit, now=closing) == second + timedelta(seconds=1)
+        assert gate.wait_until(session, limit, now=second + timedelta(milliseconds=940)) is None
+    with db.session() as session:
+        assert gate.acquire(session, limit, now=second + timedelta(seconds=1)) is None
+        session.commit()
+    with db.session() as session:
+        assert session.get(SendGate, gate.GATE_NAME).window_count == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "milliseconds"),
+    [("20/second", 50), ("2/second", 50), ("35/minute", 250), ("1000/day", 250)],
+)
+def test_a_windows_last_moments_are_a_twentieth_of_it_and_at_most_250_ms(text, milliseconds):
+    limit = gate.parse_rate_limit(text)
+    assert gate.closing_time(limit.window) == timedelta(milliseconds=milliseconds)
 
 
 def test_a_429_pauses_every_worker_until_the_providers_reset_time(app_factory, fake_dotdigital):
