@@ -115,6 +115,25 @@ def test_the_rate_limit_holds_across_workers_with_their_own_connections(
     assert (opens.second, opens.microsecond) == (0, 0)
 
 
+def test_a_worker_held_by_a_full_window_sends_again_when_the_next_one_opens(
+    app_factory, fake_dotdigital
+):
+    # A long poll interval: a worker that waited for it, rather than for the window, would send
+    # the second SMS 5 s after the first instead of when the next window opens.
+    app = dd_app(app_factory, fake_dotdigital, SMS_RATE_LIMIT="1/second", POLL_INTERVAL=5.0)
+    queue(app, 2)
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        fake_dotdigital.wait_for_sent(2, timeout=10)
+    finally:
+        worker.stop()
+        thread.join(15)
+    first, second = (sms.at for sms in fake_dotdigital.sent)
+    assert second - first < 2.0
+
+
 @pytest.mark.parametrize(
     ("text", "now", "start"),
     [
