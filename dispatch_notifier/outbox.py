@@ -19,6 +19,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     Insert,
+    and_,
     bindparam,
     case,
     exists,
@@ -421,7 +422,21 @@ _RELEASE = (
 _FINISH = (
     update(_N).where(_N.c.id == bindparam("_id")).values(lease_owner=None, lease_expires_at=None)
 )
-_FINISH_OWNED = _FINISH.where(_GUARD_OWNER)
+# What the sweep writes when a lease runs out mid-send: a guess that the worker was lost.
+WORKER_LOST = "worker_lost"
+# An outcome is written while the row is still ours, or when the sweep has only guessed
+# `unknown` because our lease ran out (we stalled, or lost the database for longer than the
+# lease): the provider's answer is the truth, and a person reading `unknown` might resend an SMS
+# that went out. Once anything else has touched the row (a resend, a new claim), it is not ours.
+_GUARD_OWNER_OR_SWEPT = or_(
+    _GUARD_OWNER,
+    and_(
+        _N.c.lease_owner.is_(None),
+        _N.c.status == literal(UNKNOWN),
+        _N.c.error_code == literal(WORKER_LOST),
+    ),
+)
+_FINISH_OWNED = _FINISH.where(_GUARD_OWNER_OR_SWEPT)
 _INSERT_ATTEMPT = insert(Attempt.__table__)
 # ORM attribute names that differ from their column's name.
 _COLUMN_NAMES = {"event_json": "event"}
@@ -619,7 +634,8 @@ def defer(
 def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[int]:
     """Rows left `sending` past their lease (the worker died mid-send) become `unknown`.
 
-    They are never sent again automatically: the SMS may have gone out. `spare` are the calling
+    They are never sent again automatically: the SMS may have gone out. Should the worker turn
+    up after all with the provider's answer, that replaces the guess. `spare` are the calling
     worker's own sends still in progress: it knows it is alive and will record their outcomes,
     e.g. after a database outage during which it could not renew its leases.
     """
@@ -638,7 +654,7 @@ def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[in
             .values(
                 status=UNKNOWN,
                 error="the worker stopped while sending; the SMS may have been sent",
-                error_code="worker_lost",
+                error_code=WORKER_LOST,
                 lease_owner=None,
                 lease_expires_at=None,
                 updated_at=now,
@@ -653,7 +669,7 @@ def sweep_abandoned(session: Session, spare: list[int] | None = None) -> list[in
                 notification_id=notification_id,
                 started_at=now,
                 outcome=UNKNOWN,
-                error_class="worker_lost",
+                error_class=WORKER_LOST,
                 detail="lease expired while sending",
             )
         )

@@ -489,8 +489,9 @@ class Sender:
                 delay = min(delay * 2, 5.0)
 
     def _write_one(self, connection: Connection, job: _Outcome) -> bool:
-        """`sending` -> outcome, with its attempt row; guarded by the owner so a swept row is
-        not overwritten. False if the lease was lost (and nothing was written)."""
+        """`sending` -> outcome, with its attempt row; guarded by the owner, so a row another
+        worker or a person has taken over is not overwritten (a sweep's `unknown`, a guess, is).
+        False if the lease was lost (and nothing was written)."""
         notification_id, values, attempt = job
         return write_outcome(connection, notification_id, self.owner, values, attempt)
 

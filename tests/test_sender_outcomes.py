@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
 from dispatch_notifier.models import Attempt, Notification, utcnow
+from dispatch_notifier.resend import resend_notification
 from dispatch_notifier.sender import Sender
 from dispatch_notifier.sms import SendOutcome
 from tests.conftest import fulfillment, post_shopify
@@ -189,6 +190,44 @@ def test_a_lone_send_whose_lease_was_taken_over_writes_neither_outcome_nor_attem
         assert sender.send_one(nid) == "sent"  # what the provider said; the row is not ours
     assert statuses(app) == {nid: ("sending", "w2")}
     assert attempts(app) == 0
+    assert lease_lost_warnings(caplog) == [f"notification {nid}: lease lost before recording sent"]
+
+
+def expire_and_sweep(app, nid: int) -> None:  # type: ignore[no-untyped-def]
+    """What another worker's sweep does to a send whose lease ran out (its worker stalled)."""
+    with get_db(app).session() as session:
+        session.execute(
+            update(Notification).values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+        assert outbox.sweep_abandoned(session) == [nid]
+
+
+def test_the_providers_answer_replaces_the_sweeps_guess_when_the_worker_comes_back(app, caplog):
+    # The sweep says `unknown` ("the SMS may have been sent"), and a person reading that might
+    # resend an SMS that went out. The worker that only stalled knows what the provider said.
+    [nid] = queue_and_claim(app, 1, "w1")
+    sender = Sender(app, get_db(app), TogetherBackend(1, lambda: expire_and_sweep(app, nid)), "w1")
+    with caplog.at_level(logging.WARNING, logger="dispatch_notifier.sender"):
+        assert sender.send_one(nid) == "sent"
+    assert statuses(app) == {nid: ("sent", None)}
+    assert attempts(app) == 2  # the sweep's guess and the provider's answer, both kept
+    assert lease_lost_warnings(caplog) == []
+
+
+def test_a_late_answer_leaves_a_swept_send_alone_once_a_person_has_resent_it(app, caplog):
+    [nid] = queue_and_claim(app, 1, "w1")
+
+    def swept_and_resent() -> None:
+        expire_and_sweep(app, nid)
+        with get_db(app).session() as session:
+            resend_notification(session, nid, "owner@example.com")
+
+    sender = Sender(app, get_db(app), TogetherBackend(1, swept_and_resent), "w1")
+    with caplog.at_level(logging.WARNING, logger="dispatch_notifier.sender"):
+        assert sender.send_one(nid) == "sent"
+    assert statuses(app) == {nid: ("pending", None)}  # queued again, as the person asked
+    assert attempts(app) == 1  # the sweep's
     assert lease_lost_warnings(caplog) == [f"notification {nid}: lease lost before recording sent"]
 
 
