@@ -840,6 +840,21 @@ def deliveries_processed(url: str) -> Callable[[], bool | int]:
     return count
 
 
+def wake_workers(url: str) -> None:
+    """Wake idle workers now, as a webhook does: NOTIFY on PostgreSQL; on SQLite they see the
+    commit that queued the rows by themselves."""
+    from dispatch_notifier.wake_ups import NOTIFY
+
+    if not url.startswith("postgresql"):
+        return
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(NOTIFY))
+    finally:
+        engine.dispose()
+
+
 def clear_outbox(url: str) -> None:
     engine = create_engine(url)
     try:
