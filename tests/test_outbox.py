@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import Connection, event, select, update
 
 from dispatch_notifier import outbox
 from dispatch_notifier.db import get_db
@@ -108,17 +110,11 @@ def test_renewing_leases_skips_a_row_whose_outcome_is_being_recorded(app):
         with db.session() as session:
             renewed.append(outbox.renew_leases(session, "w", [first, second], timedelta(hours=1)))
 
-    with db.engine.connect() as batch, batch.begin():
-        assert outbox.write_outcome(batch, second, "w", {"status": "sent"})  # holds its lock
-        renewing = threading.Thread(target=heartbeat, daemon=True)
-        renewing.start()
-        renewing.join(3.0)
-        assert not renewing.is_alive(), "the renewal waited for the batch's lock"
+    with outcome_being_recorded(db, second, "w") as batch:
+        assert returns_at_once(heartbeat), "the renewal waited for the batch's lock"
         assert outbox.write_outcome(batch, first, "w", {"status": "sent"})
     assert renewed == [1]  # `first`; `second` was being finished, so needed no renewal
-    with db.session() as session:
-        statuses = session.execute(select(Notification.id, Notification.status)).all()
-    assert sorted(statuses) == [(first, "sent"), (second, "sent")]
+    assert statuses(db) == [(first, "sent"), (second, "sent")]
 
 
 @pytest.mark.parametrize("db_backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -142,16 +138,32 @@ def test_the_sweep_leaves_a_late_send_to_its_owner_while_the_outcome_is_being_re
         with db.session() as session:
             swept.append(outbox.sweep_abandoned(session))
 
-    with db.engine.connect() as batch, batch.begin():
-        assert outbox.write_outcome(batch, second, "slow", {"status": "sent"})  # holds its lock
-        sweeping = threading.Thread(target=sweep, daemon=True)
-        sweeping.start()
-        sweeping.join(3.0)
-        assert not sweeping.is_alive(), "the sweep waited for the outcome's lock"
+    with outcome_being_recorded(db, second, "slow"):
+        assert returns_at_once(sweep), "the sweep waited for the outcome's lock"
     assert swept == [[first]]
+    assert statuses(db) == [(first, "unknown"), (second, "sent")]
+
+
+@contextmanager
+def outcome_being_recorded(db, notification_id: int, owner: str) -> Iterator[Connection]:  # type: ignore[no-untyped-def]
+    """An outcome batch that has written `notification_id` (so holds its row lock) and has not
+    committed yet; it commits when the block ends."""
+    with db.engine.connect() as batch, batch.begin():
+        assert outbox.write_outcome(batch, notification_id, owner, {"status": "sent"})
+        yield batch
+
+
+def returns_at_once(action: Callable[[], None]) -> bool:
+    """Run `action` in a thread: False if it is still running 3 s later (waiting for a lock)."""
+    thread = threading.Thread(target=action, daemon=True)
+    thread.start()
+    thread.join(3.0)
+    return not thread.is_alive()
+
+
+def statuses(db) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
     with db.session() as session:
-        statuses = session.execute(select(Notification.id, Notification.status)).all()
-    assert sorted(statuses) == [(first, "unknown"), (second, "sent")]
+        return sorted(session.execute(select(Notification.id, Notification.status)).all())
 
 
 def _captured_claim(db) -> tuple[list[str], str, object]:  # type: ignore[no-untyped-def]
