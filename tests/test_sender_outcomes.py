@@ -215,6 +215,31 @@ def test_the_providers_answer_replaces_the_sweeps_guess_when_the_worker_comes_ba
     assert lease_lost_warnings(caplog) == []
 
 
+class SweptThenNotSent:
+    """The send stalls until another worker's sweep has guessed `unknown`, then the provider's
+    answer comes: the request never got through."""
+
+    name = "swept"
+
+    def __init__(self, app, nid: int) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.nid = app, nid
+
+    def send(self, e164: str, message: str) -> SendOutcome:
+        expire_and_sweep(self.app, self.nid)
+        return SendOutcome("retrying", "could not connect", "ConnectError")
+
+
+def test_a_late_answer_that_nothing_was_sent_puts_a_swept_send_back_in_the_queue(app):
+    [nid] = queue_and_claim(app, 1, "w1")
+    sender = Sender(app, get_db(app), SweptThenNotSent(app, nid), "w1")
+    assert sender.send_one(nid) == "retrying"
+    assert statuses(app) == {nid: ("retrying", None)}  # `unknown` would never be sent again
+    with get_db(app).session() as session:
+        session.execute(update(Notification).values(next_attempt_at=utcnow()))
+        session.commit()
+        assert outbox.claim(session, "w2", 1, timedelta(seconds=60)) == [nid]
+
+
 def test_a_late_answer_leaves_a_swept_send_alone_once_a_person_has_resent_it(app, caplog):
     [nid] = queue_and_claim(app, 1, "w1")
 
