@@ -100,10 +100,8 @@ def test_renewing_leases_skips_a_row_whose_outcome_is_being_recorded(app):
     # heartbeat renews the lease of every row it holds. Had the renewal waited for a locked
     # row, the two could each hold a row the other wanted next: PostgreSQL ends one of them
     # after `deadlock_timeout` (1 s), and every send of the worker waits meanwhile.
-    queue(app, 2)
     db = get_db(app)
-    with db.session() as session:
-        first, second = outbox.claim(session, "w", 2, timedelta(seconds=60))
+    first, second = claim_two(app, "w")
     renewed: list[int] = []
 
     def heartbeat() -> None:
@@ -122,10 +120,9 @@ def test_the_sweep_leaves_a_late_send_to_its_owner_while_the_outcome_is_being_re
     # After a database outage longer than the lease, a worker comes back and records the
     # outcomes of sends whose leases expired meanwhile, while another worker's sweep looks for
     # abandoned sends. The owner knows what happened; the sweep would only guess `unknown`.
-    queue(app, 2)
     db = get_db(app)
+    first, second = claim_two(app, "slow")
     with db.session() as session:
-        first, second = outbox.claim(session, "slow", 2, timedelta(seconds=60))
         session.execute(
             update(Notification).values(
                 status="sending", lease_expires_at=utcnow() - timedelta(seconds=1)
@@ -142,6 +139,12 @@ def test_the_sweep_leaves_a_late_send_to_its_owner_while_the_outcome_is_being_re
         assert returns_at_once(sweep), "the sweep waited for the outcome's lock"
     assert swept == [[first]]
     assert statuses(db) == [(first, "unknown"), (second, "sent")]
+
+
+def claim_two(app, owner: str) -> list[int]:  # type: ignore[no-untyped-def]
+    queue(app, 2)
+    with get_db(app).session() as session:
+        return outbox.claim(session, owner, 2, timedelta(seconds=60))
 
 
 @contextmanager
