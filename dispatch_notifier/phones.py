@@ -5,6 +5,7 @@ Parsing is phonenumbers' job (libphonenumber); this module only applies our pref
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import phonenumbers
@@ -64,9 +65,23 @@ def mask(e164: str | None) -> str:
     """`+447911123456` -> `+44 •••• ••3456`: enough to recognise, not enough to misuse."""
     if not e164:
         return ""
-    try:
-        country_code = str(phonenumbers.parse(e164).country_code)
-    except phonenumbers.NumberParseException:
-        country_code = ""
+    country_code = calling_code(e164)
     tail = e164[-4:]
     return f"+{country_code} •••• ••{tail}" if country_code else f"•••• ••{tail}"
+
+
+_LEADING_DIGITS = re.compile(r"\+([1-9][0-9]{0,2})")
+
+
+def calling_code(e164: str) -> str:
+    """The country calling code an E.164 number starts with (`"44"`), or `""` if none.
+
+    Calling codes are prefix-free, so the first one to three digits that name one are it. A
+    table lookup, where `phonenumbers.parse` cost about 36 µs: a fifth of an API page's time.
+    """
+    match = _LEADING_DIGITS.match(e164)
+    leading = match.group(1) if match else ""
+    for size in range(1, len(leading) + 1):
+        if int(leading[:size]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE:
+            return leading[:size]
+    return ""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_notifier.phones import choose, digits, mask, normalise
+from dispatch_notifier.phones import calling_code, choose, digits, mask, normalise
 
 
 @pytest.mark.parametrize(
@@ -44,6 +45,48 @@ def test_no_candidates_means_no_phone_number():
 def test_masking_keeps_country_code_and_last_four_digits():
     assert mask("+447911123456") == "+44 •••• ••3456"
     assert mask(None) == ""
+
+
+def _example_numbers() -> list[phonenumbers.PhoneNumber]:
+    mobiles = (
+        phonenumbers.example_number_for_type(region, phonenumbers.PhoneNumberType.MOBILE)
+        for region in sorted(phonenumbers.SUPPORTED_REGIONS)
+    )
+    global_services = (
+        phonenumbers.example_number_for_non_geo_entity(code)
+        for code in sorted(phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS)
+    )
+    return [number for number in (*mobiles, *global_services) if number is not None]
+
+
+def test_every_regions_numbers_are_masked_with_their_own_calling_code():
+    numbers = _example_numbers()
+    assert len(numbers) > 200
+    for number in numbers:
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        assert mask(e164) == f"+{number.country_code} •••• ••{e164[-4:]}", e164
+
+
+@given(st.from_regex(r"\+[0-9]{1,17}", fullmatch=True))
+def test_the_calling_code_is_the_one_libphonenumber_reads(e164):
+    try:
+        expected = str(phonenumbers.parse(e164).country_code)
+    except phonenumbers.NumberParseException:
+        return  # not a number libphonenumber reads; the next test covers what we show for it
+    assert calling_code(e164) == expected
+
+
+@given(st.text(max_size=20))
+def test_masking_any_text_shows_at_most_a_calling_code_and_four_characters(raw):
+    shown = mask(raw)
+    if not raw:
+        assert shown == ""
+        return
+    code = calling_code(raw)
+    if code:
+        assert raw.startswith(f"+{code}") and shown == f"+{code} •••• ••{raw[-4:]}"
+    else:
+        assert shown == f"•••• ••{raw[-4:]}"
 
 
 def test_dotdigital_gets_digits_only():
