@@ -3,6 +3,7 @@ the careful path (read afresh, decide in a transaction) whenever something chang
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -33,10 +34,17 @@ class CountingBackend:
 
 @contextmanager
 def recorded_statements(engine: Engine) -> Iterator[list[str]]:
+    """The statements this thread runs on `engine`.
+
+    Only this thread's: the webhooks that queued the rows may still NOTIFY the workers from a
+    thread of their own (a wake-up held back is sent up to 40 ms later), in the middle of a send.
+    """
     statements: list[str] = []
+    this_thread = threading.get_ident()
 
     def record(_conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        statements.append(" ".join(statement.split()).upper())
+        if threading.get_ident() == this_thread:
+            statements.append(" ".join(statement.split()).upper())
 
     event.listen(engine, "before_cursor_execute", record)
     try:
