@@ -764,8 +764,11 @@ def python_load(
         results, errors, seconds = loadgen.run(
             (host, port), raws, rate=rate, duration=duration, connections=connections
         )
-    latencies = [(done - scheduled) * 1000 for scheduled, _sent, done, _status in results]
-    lags = [(sent - scheduled) * 1000 for scheduled, sent, _done, _status in results]
+    latencies = [(done - scheduled) * 1000 for scheduled, _noticed, _sent, done, _s in results]
+    # Late: the generator's own loop saw the request due only then. Queued: every connection was
+    # still waiting for an answer, so the request waited for one (the server's doing, not ours).
+    lates = [(noticed - scheduled) * 1000 for scheduled, noticed, _sent, _done, _s in results]
+    queued = [(sent - noticed) * 1000 for _scheduled, noticed, sent, _done, _s in results]
     non_2xx = sum(1 for *_rest, status in results if not 200 <= status < 300)
     return LoadResult(
         "python-open-loop" if rate else "python-closed-loop",
@@ -778,10 +781,11 @@ def python_load(
         p99=percentile(latencies, 99),
         max=max(latencies) if latencies else None,
         extra={
-            "send_lag_p99": percentile(lags, 99),
+            "generator_late_p99": percentile(lates, 99),
             "target_rate": rate,
             "latencies": latencies,  # to pool several runs' percentiles
-            "lags": lags,
+            "lates": lates,
+            "queued": queued,
         },
     )
 

@@ -14,13 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ANSWER_WAIT = 30.0  # seconds after the last send before an unanswered request counts as failed
-Sample = tuple[float, float, float, int]  # scheduled, sent, done (perf_counter seconds), status
+# scheduled (when it was due), noticed (when the loop saw it was due), sent, done: perf_counter
+# seconds; then the status. noticed - scheduled is the generator's own lateness; sent - noticed,
+# the wait for a free connection, which a stalled server causes.
+Sample = tuple[float, float, float, float, int]
 
 
 class _Connection:
     """One keep-alive connection with at most one request in flight."""
 
-    __slots__ = ("inbox", "raw", "retried", "scheduled", "sent", "sock")
+    __slots__ = ("inbox", "noticed", "raw", "retried", "scheduled", "sent", "sock")
 
     def __init__(self, address: tuple[str, int]) -> None:
         # Blocking connect: on loopback it completes at once; then every read waits on epoll.
@@ -29,11 +32,11 @@ class _Connection:
         self.sock.setblocking(False)
         self.inbox = bytearray()
         self.raw = b""
-        self.scheduled = self.sent = 0.0
+        self.scheduled = self.noticed = self.sent = 0.0
         self.retried = False
 
-    def send(self, scheduled: float, raw: bytes, retried: bool) -> None:
-        self.raw, self.scheduled, self.retried = raw, scheduled, retried
+    def send(self, scheduled: float, noticed: float, raw: bytes, retried: bool) -> None:
+        self.raw, self.scheduled, self.noticed, self.retried = raw, scheduled, noticed, retried
         self.sent = time.perf_counter()
         self.inbox.clear()
         written = self.sock.send(raw)
@@ -84,12 +87,17 @@ class _Run:
         return self.open()
 
     def dispatch(
-        self, connection: _Connection, scheduled: float, raw: bytes, retried: bool = False
+        self,
+        connection: _Connection,
+        scheduled: float,
+        noticed: float,
+        raw: bytes,
+        retried: bool = False,
     ) -> None:
         """Sends `raw` on `connection`, which must be free. A connection the server has closed
         gets one retry on a new one, as any client of a closed keep-alive would."""
         try:
-            connection.send(scheduled, raw, retried)
+            connection.send(scheduled, noticed, raw, retried)
         except ConnectionError:
             self.failed(connection)
 
@@ -99,7 +107,9 @@ class _Run:
             self.errors += 1
             self.idle.append(fresh)
         else:
-            self.dispatch(fresh, connection.scheduled, connection.raw, retried=True)
+            self.dispatch(
+                fresh, connection.scheduled, connection.noticed, connection.raw, retried=True
+            )
 
     def read(self, connection: _Connection) -> None:
         try:
@@ -120,7 +130,8 @@ class _Run:
         if answer is None:
             return
         status, close = answer
-        self.samples.append((connection.scheduled, connection.sent, time.perf_counter(), status))
+        c, done = connection, time.perf_counter()
+        self.samples.append((c.scheduled, c.noticed, c.sent, done, status))
         connection.raw = b""
         self.idle.append(self.replace(connection) if close else connection)
 
@@ -133,7 +144,9 @@ class _Schedule:
         self.start = time.perf_counter()
         self.stop_at = self.start + duration
         self.next_index = 0
-        self.due: deque[tuple[float, bytes]] = deque()  # open loop: due, no connection free yet
+        # Open loop: requests whose time has come and that wait for a free connection, each with
+        # when it was due and when the loop saw that.
+        self.due: deque[tuple[float, float, bytes]] = deque()
 
     def _due_at(self, index: int) -> float:
         return self.start + index / self.rate if self.rate else self.start
@@ -141,16 +154,16 @@ class _Schedule:
     def release(self, now: float) -> None:
         """Open loop: every request whose time has come joins the queue."""
         while self.rate and not self.finished_sending(now) and self._due_at(self.next_index) <= now:
-            self.due.append((self._due_at(self.next_index), self.requests[self.next_index]))
+            self.due.append((self._due_at(self.next_index), now, self.requests[self.next_index]))
             self.next_index += 1
 
-    def take(self, now: float) -> tuple[float, bytes] | None:
+    def take(self, now: float) -> tuple[float, float, bytes] | None:
         if self.due:
             return self.due.popleft()
         if self.rate or self.finished_sending(now):
             return None
         self.next_index += 1  # closed loop: due the moment a connection is free
-        return now, self.requests[self.next_index - 1]
+        return now, now, self.requests[self.next_index - 1]
 
     def finished_sending(self, now: float) -> bool:
         if self.next_index >= len(self.requests):

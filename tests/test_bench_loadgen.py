@@ -97,7 +97,9 @@ def test_closed_loop_posts_every_request_once_and_counts_answers_by_status(serve
     assert behaviour.bodies == Counter(bodies)  # each once, none lost, none twice
     statuses = Counter(status for *_times, status in samples)
     assert statuses == {200: 300, 503: 1}
-    assert all(scheduled <= sent <= done for scheduled, sent, done, _status in samples)
+    assert all(
+        scheduled <= noticed <= sent <= done for scheduled, noticed, sent, done, _status in samples
+    )
     assert 0 < seconds < 30  # stopped when the requests ran out
 
 
@@ -117,9 +119,28 @@ def test_open_loop_counts_latency_from_when_each_request_was_due(server) -> None
     assert gaps == pytest.approx([1 / 40] * 19)  # on the clock, not on the server's pace
     # Requests queued behind the busy connection: the wait counts as latency. A closed-loop
     # generator would have reported about 50 ms for every one of them.
-    latencies = [done - due for due, _sent, done, _status in samples]
+    latencies = [done - due for due, _noticed, _sent, done, _status in samples]
     assert max(latencies) > 0.4
     assert min(latencies) >= 0.05
+
+
+def test_open_loop_tells_waiting_for_a_connection_from_its_own_lateness(server) -> None:
+    address, behaviour = server
+    behaviour.delay = 0.05  # 20 a second on one connection, against 40 due: a queue builds
+    bodies = [f"delivery-{i}".encode() for i in range(40)]
+
+    samples, errors, _seconds = loadgen.run(
+        address, requests_for(address, bodies), rate=40, duration=0.5, connections=1
+    )
+
+    assert errors == 0
+    assert all(due <= noticed <= sent for due, noticed, sent, _done, _status in samples)
+    queued = [sent - noticed for _due, noticed, sent, _done, _status in samples]
+    late = [noticed - due for due, noticed, _sent, _done, _status in samples]
+    # The last requests due waited about 0.5 s for the one connection, while the loop itself
+    # saw each of them due within the poll that was waiting for it.
+    assert max(queued) > 0.3
+    assert max(late) < max(queued)
 
 
 def test_connections_the_server_closes_without_notice_are_replaced(server) -> None:
