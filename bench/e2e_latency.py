@@ -12,13 +12,16 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import requests
+from sqlalchemy import create_engine, func, select
 
+from dispatch_notifier.models import Attempt, Notification
 from dispatch_notifier.testing.fake_dotdigital import FakeDotdigital
 
 TARGET_P50_MS, TARGET_P99_MS = 100.0, 300.0
@@ -33,15 +36,18 @@ def main() -> None:
         "--poll-interval", type=float, default=None, help="DISPATCH_POLL_INTERVAL (default: unset)"
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="longest wait for one SMS")
+    parser.add_argument(
+        "--slow-ms", type=float, default=100.0, help="split the time of every SMS slower than this"
+    )
     args = parser.parse_args()
     if args.smoke:
         args.samples, args.pairs, args.gap = 3, 2, 0.1
 
-    rows = [
-        row
-        for run in common.scratch_runs(args, fake_latency=0.0)
-        for row in run_database(run.db, run.url, run.folder, run.fake, args)
-    ]
+    rows, slow_rows = [], []
+    for run in common.scratch_runs(args, fake_latency=0.0):
+        measured = run_database(run.db, run.url, run.folder, run.fake, args)
+        rows += [_row(run.db, posted, m) for posted, m in measured]
+        slow_rows += where_the_time_went(run.db, run.url, measured)
     common.print_table(
         "End-to-end latency: POST received -> SMS accepted by the fake (idle serve; 1 at a time,"
         " then pairs 0-30 ms apart)",
@@ -62,6 +68,26 @@ def main() -> None:
         rows,
     )
     print(f"worker wake-up on this build: {wake_up_mode()}")
+    if slow_rows:
+        common.print_table(
+            f"The SMS over {args.slow_ms:.0f} ms: where the time went"
+            " (the service's own attempt rows)",
+            [
+                "database",
+                "posted",
+                "e2e ms",
+                "webhook answered after ms",
+                "answer -> send began ms",
+                "send began -> accepted ms",
+            ],
+            slow_rows,
+        )
+        print(
+            "A commit waiting on the disk shows in the webhook's answer or before the send began;"
+            " a wake-up the worker missed, before the send began (up to the poll interval)."
+        )
+    else:
+        print(f"\nNo SMS took over {args.slow_ms:.0f} ms.")
 
 
 def wake_up_mode() -> str:
@@ -77,7 +103,9 @@ def wake_up_mode() -> str:
     return "LISTEN/NOTIFY present" if listens else "polling only (DISPATCH_POLL_INTERVAL)"
 
 
-def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) -> list[list]:  # type: ignore[no-untyped-def]
+def run_database(
+    db: str, url: str, folder: Path, fake: FakeDotdigital, args
+) -> list[tuple[str, Measured]]:  # type: ignore[no-untyped-def]
     fake.reset()
     settings = common.dotdigital_settings(fake.url)
     if args.poll_interval is not None:
@@ -96,13 +124,13 @@ def run_database(db: str, url: str, folder: Path, fake: FakeDotdigital, args) ->
         common.say(f"{db}: {args.samples} deliveries one at a time, {args.pairs} pairs")
         singles = list(enumerate(deliveries[3 : 3 + args.samples], start=3))
         paired = list(enumerate(deliveries[3 + args.samples :], start=3 + args.samples))
-        rows = [
-            _row(db, "1 at a time", measure(service, fake, http, singles, 1, rng, args)),
-            _row(db, "pairs", measure(service, fake, http, paired, 2, rng, args)),
+        measured = [
+            ("1 at a time", measure(service, fake, http, singles, 1, rng, args)),
+            ("pairs", measure(service, fake, http, paired, 2, rng, args)),
         ]
     finally:
         service.stop()
-    return rows
+    return measured
 
 
 @dataclass
@@ -111,6 +139,8 @@ class Measured:
     e2e: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
     lost: int = 0
+    # The SMS over --slow-ms: number, posted and accepted (epoch seconds), webhook answer ms.
+    slow: list[tuple[str, float, float, float]] = field(default_factory=list)
 
 
 def measure(service, fake, http, deliveries, burst, rng, args) -> Measured:  # type: ignore[no-untyped-def]
@@ -140,6 +170,8 @@ def measure(service, fake, http, deliveries, burst, rng, args) -> Measured:  # t
                 continue
             out.acks.append(ack)
             out.e2e.append((sms - started) * 1000)
+            if out.e2e[-1] > args.slow_ms:
+                out.slow.append((number, started, sms, ack))
             # Baseline: the same webhook answer time plus one direct send to the fake, now.
             t = time.time()
             direct.post(
@@ -170,6 +202,48 @@ def _row(db: str, posted: str, m: Measured) -> list:  # type: ignore[type-arg]
         m.lost,
         common.verdict(ok),
     ]
+
+
+def where_the_time_went(db: str, url: str, measured: list[tuple[str, Measured]]) -> list[list]:  # type: ignore[type-arg]
+    """Each slow SMS split at the webhook's answer and at its attempt's start (the service's
+    own clock, the same machine's as ours and the fake's)."""
+    numbers = ["+" + number for _posted, m in measured for number, *_rest in m.slow]
+    if not numbers:
+        return []
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            began = dict(
+                connection.execute(
+                    select(Notification.phone, func.min(Attempt.started_at))
+                    .join(Attempt, Attempt.notification_id == Notification.id)
+                    .where(Notification.phone.in_(numbers))
+                    .group_by(Notification.phone)
+                ).all()
+            )
+    finally:
+        engine.dispose()
+    rows = []
+    for posted, m in measured:
+        for number, started, accepted, ack in m.slow:
+            at = began.get("+" + number)
+            send_began = None if at is None else _epoch(at)
+            rows.append(
+                [
+                    db,
+                    posted,
+                    (accepted - started) * 1000,
+                    ack,
+                    None if send_began is None else (send_began - started) * 1000 - ack,
+                    None if send_began is None else (accepted - send_began) * 1000,
+                ]
+            )
+    return rows
+
+
+def _epoch(at: datetime) -> float:
+    """SQLite hands back naive datetimes; the service writes UTC."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 def wait_for(fake: FakeDotdigital, number: str, timeout: float) -> float | None:

@@ -59,6 +59,13 @@ THROUGHPUT_STOLEN = (
 # Every SMS of the smoke backlog reached the fake, was recorded `sent`, and no worker warned.
 THROUGHPUT_EXACT = r"\| 40 of 40 \| 40 \| 0 \|"
 
+# Each SMS over --slow-ms (here every one) has its time split at the webhook's answer and at the
+# start of its attempt, as the service recorded it: all four figures, none missing.
+E2E_SLOW_SPLIT = (
+    r"where the time went[^\n]*\n\n\| database \| posted \| e2e ms \|[^\n]*\n\|[-|]+\n"
+    r"\| sqlite \| 1 at a time \| [\d.]+ \| [\d.]+ \| -?[\d.]+ \| -?[\d.]+ \|\n"
+)
+
 # Webhooks are timed with nobody reading the log and while a client pages through it.
 LOG_WEBHOOKS_WHILE_READING = (
     r"\| sqlite \| nobody \| \d+ \|[^\n]*\n\| sqlite \| one client paging \| \d+ \|"
@@ -95,7 +102,12 @@ DRAINING = (
                 INGEST_CLOSED_LOOP_STOLEN,
             ],
         ),
-        ("e2e_latency.py", ["--db", "sqlite"], "End-to-end latency", None),
+        (
+            "e2e_latency.py",
+            ["--db", "sqlite", "--slow-ms", "0"],
+            "End-to-end latency",
+            [E2E_SLOW_SPLIT],
+        ),
         (
             "throughput.py",
             ["--db", "sqlite"],
