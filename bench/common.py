@@ -781,7 +781,6 @@ def python_load(
         p99=percentile(latencies, 99),
         max=max(latencies) if latencies else None,
         extra={
-            "generator_late_p99": percentile(lates, 99),
             "target_rate": rate,
             "latencies": latencies,  # to pool several runs' percentiles
             "lates": lates,

@@ -103,9 +103,9 @@ def wake_up_mode() -> str:
     return "LISTEN/NOTIFY present" if listens else "polling only (DISPATCH_POLL_INTERVAL)"
 
 
-def run_database(
+def run_database(  # type: ignore[no-untyped-def]
     db: str, url: str, folder: Path, fake: FakeDotdigital, args
-) -> list[tuple[str, Measured]]:  # type: ignore[no-untyped-def]
+) -> list[tuple[str, Measured]]:
     fake.reset()
     settings = common.dotdigital_settings(fake.url)
     if args.poll_interval is not None:
