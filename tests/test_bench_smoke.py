@@ -155,3 +155,13 @@ def test_ingest_smoke_on_postgresql_stores_every_delivery_without_a_warning(
     # Every delivery stored was accepted and made its notification.
     assert re.search(r"\| postgresql \| \d+ \| (\d+) \| \1 \| 0 \| \1 \|", output), output
     assert "None of the 3 services this script started logged a warning" in output, output
+
+
+@pytest.mark.postgres
+def test_e2e_smoke_on_postgresql_splits_every_slow_sms(
+    postgres_server_url: str,  # skips (fails under CI) when no PostgreSQL is reachable
+) -> None:
+    """PostgreSQL hands back the attempt's start with its time zone, SQLite without one."""
+    output = run_bench("e2e_latency.py", "--db", "postgresql", "--slow-ms", "0")
+    assert re.search(E2E_SLOW_SPLIT.replace("sqlite", "postgresql"), output), output
+    assert "None of the 1 services this script started logged a warning" in output, output
