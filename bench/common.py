@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import array
 import base64
+import bisect
 import contextlib
 import gc
 import json
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -477,6 +479,64 @@ def pressure_stalls() -> tuple[float, float] | None:
 def _stall_seconds(resource: str) -> float:
     some = Path(f"/proc/pressure/{resource}").read_text().split("\n", 1)[0]
     return int(some.rsplit("total=", 1)[1]) / 1e6
+
+
+class DiskWaits:
+    """Reads, every few milliseconds while open, the seconds in which some task waited on the disk,
+    so that any stretch of the run can be asked afterwards how much of it the disk held up.
+
+    Machine-wide, as the kernel counts it: a part of a request with disk waits near its own length
+    waited on a flush, its own or another's; one with none waited for something else.
+    """
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (epoch seconds, disk-wait seconds so far)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> DiskWaits:
+        if pressure_stalls() is not None:
+            self._sample()
+            self._thread = threading.Thread(target=self._run, name="disk-waits", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._sample()  # so that everything up to here can be asked about
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            self.samples.append((time.time(), _stall_seconds("io")))
+
+    def ms_between(self, start: float, end: float) -> float | None:
+        """Milliseconds of disk waits between two epoch times; None outside what was sampled."""
+        return waited_ms_between(self.samples, start, end)
+
+
+def waited_ms_between(
+    samples: Sequence[tuple[float, float]], start: float, end: float
+) -> float | None:
+    """The growth of a cumulative count of seconds between two times, in milliseconds, read off
+    `samples` of (time, count) in time order, straight between the samples on either side."""
+    if not samples or start > end or start < samples[0][0] or end > samples[-1][0]:
+        return None
+    return (_count_at(samples, end) - _count_at(samples, start)) * 1000
+
+
+def _count_at(samples: Sequence[tuple[float, float]], at: float) -> float:
+    after = bisect.bisect_left(samples, at, key=lambda sample: sample[0])
+    if samples[after][0] == at or after == 0:
+        return samples[after][1]
+    (t0, c0), (t1, c1) = samples[after - 1], samples[after]
+    return c0 + (c1 - c0) * (at - t0) / (t1 - t0)
 
 
 def rss_of_tree(pid: int) -> int:

@@ -77,14 +77,20 @@ def main() -> None:
                 "posted",
                 "e2e ms",
                 "webhook answered after ms",
+                "disk waits in it ms",
                 "answer -> send began ms",
+                "disk waits in it ms",
                 "send began -> accepted ms",
+                "disk waits in it ms",
             ],
             slow_rows,
         )
         print(
             "A commit waiting on the disk shows in the webhook's answer or before the send began;"
             " a wake-up the worker missed, before the send began (up to the poll interval)."
+            " Disk waits: the milliseconds of each part in which some task on the machine waited"
+            " on the disk (Linux's pressure stall information; - where it keeps none): near the"
+            " part's own length, the disk held it up; none, something else did."
         )
     else:
         print(f"\nNo SMS took over {args.slow_ms:.0f} ms.")
@@ -114,6 +120,7 @@ def run_database(  # type: ignore[no-untyped-def]
     rng = random.Random(6)
     deliveries = common.distinct_deliveries(3 + args.samples + 2 * args.pairs, start=400_000)
     http = requests.Session()
+    disk = common.DiskWaits()
     try:
         # Warm-up: the first sends open connections and load templates.
         for d in deliveries[:3]:
@@ -124,12 +131,15 @@ def run_database(  # type: ignore[no-untyped-def]
         common.say(f"{db}: {args.samples} deliveries one at a time, {args.pairs} pairs")
         singles = list(enumerate(deliveries[3 : 3 + args.samples], start=3))
         paired = list(enumerate(deliveries[3 + args.samples :], start=3 + args.samples))
-        measured = [
-            ("1 at a time", measure(service, fake, http, singles, 1, rng, args)),
-            ("pairs", measure(service, fake, http, paired, 2, rng, args)),
-        ]
+        with disk:
+            measured = [
+                ("1 at a time", measure(service, fake, http, singles, 1, rng, args)),
+                ("pairs", measure(service, fake, http, paired, 2, rng, args)),
+            ]
     finally:
         service.stop()
+    for _posted, m in measured:
+        m.disk = disk
     return measured
 
 
@@ -141,6 +151,7 @@ class Measured:
     lost: int = 0
     # The SMS over --slow-ms: number, posted and accepted (epoch seconds), webhook answer ms.
     slow: list[tuple[str, float, float, float]] = field(default_factory=list)
+    disk: common.DiskWaits | None = None  # what the disk held up while these ran
 
 
 def measure(service, fake, http, deliveries, burst, rng, args) -> Measured:  # type: ignore[no-untyped-def]
@@ -227,6 +238,7 @@ def where_the_time_went(db: str, url: str, measured: list[tuple[str, Measured]])
     for posted, m in measured:
         for number, started, accepted, ack in m.slow:
             at = began.get("+" + number)
+            answered = started + ack / 1000
             send_began = None if at is None else _epoch(at)
             rows.append(
                 [
@@ -234,11 +246,21 @@ def where_the_time_went(db: str, url: str, measured: list[tuple[str, Measured]])
                     posted,
                     (accepted - started) * 1000,
                     ack,
-                    None if send_began is None else (send_began - started) * 1000 - ack,
+                    _disk_ms(m, started, answered),
+                    None if send_began is None else (send_began - answered) * 1000,
+                    None if send_began is None else _disk_ms(m, answered, send_began),
                     None if send_began is None else (accepted - send_began) * 1000,
+                    None if send_began is None else _disk_ms(m, send_began, accepted),
                 ]
             )
     return rows
+
+
+def _disk_ms(m: Measured, start: float, end: float) -> float | None:
+    if m.disk is None:
+        return None
+    # The service can begin the send before our client has read the answer: nothing between.
+    return 0.0 if end <= start else m.disk.ms_between(start, end)
 
 
 def _epoch(at: datetime) -> float:
