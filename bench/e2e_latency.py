@@ -257,7 +257,7 @@ def where_the_time_went(db: str, url: str, measured: list[tuple[str, Measured]])
 
 
 def _disk_ms(m: Measured, start: float, end: float) -> float | None:
-    if m.disk is None:
+    if m.disk is None or not m.disk.samples:  # a kernel without pressure stall information
         return None
     # The service can begin the send before our client has read the answer: nothing between.
     return 0.0 if end <= start else m.disk.ms_between(start, end)
